@@ -1,0 +1,332 @@
+//! Loads the embedded BPF object with its maps pinned under the bpffs directory, and attaches
+//! the uplink XDP program through pinned links, so a restarted agent takes over the running
+//! dataplane instead of replacing it: answering never stops while the agent restarts.
+
+use std::{collections::BTreeSet, io};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{HashMap, MapData, MapError},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use vipwire_common::{Iface, Reason, maps, programs};
+
+use super::{iface, paths::PinPaths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("preparing bpffs directory {dir}")]
+    Bpffs {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the BPF object")]
+    Load(#[source] EbpfError),
+    #[error("program {0} missing from the BPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("program {name} has the wrong type")]
+    ProgramType {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("verifying program {name}")]
+    Verify {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("interface {interface}")]
+    Interface {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching XDP to interface {interface}")]
+    Attach {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinned XDP link {path}")]
+    Link {
+        path: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning the XDP link of {interface}")]
+    Pin {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// How the XDP program got onto an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Driver mode, attached by this agent.
+    Native,
+    /// Generic (skb) mode: the driver has no XDP support.
+    Generic,
+    /// A link pinned by an earlier agent, its program replaced atomically (mode unchanged).
+    Reused,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Reused => "reused",
+        }
+    }
+}
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub interface: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub mode: AttachMode,
+}
+
+/// The loaded object. Dropping it leaves the pinned links and maps in place (the program keeps
+/// running); [`Dataplane::cleanup`] removes them.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    paths: PinPaths,
+    attached: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads `object` with every contract map pinned under `paths` (reusing maps an earlier
+    /// agent pinned), the BPF log level set to `log_level`, and verifies the program.
+    pub fn open(object: &[u8], paths: PinPaths, log_level: aya_log::Level) -> Result<Self, LoaderError> {
+        paths.ensure().map_err(|source| LoaderError::Bpffs {
+            dir: paths.dir().display().to_string(),
+            source,
+        })?;
+        drop_incompatible_counters(&paths);
+        let level = log_level as u8;
+        let pin_paths: Vec<_> = maps::ALL.iter().map(|name| (*name, paths.map(name))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, true);
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).map_err(LoaderError::Load)?;
+        uplink_program(&mut ebpf)?
+            .load()
+            .map_err(|source| LoaderError::Verify {
+                name: programs::XDP_UPLINK,
+                source,
+            })?;
+        Ok(Self {
+            ebpf,
+            paths,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches the uplink program to `interface` and answers on it: takes over the link an
+    /// earlier agent pinned (atomic program replacement), else attaches in native mode with
+    /// a logged fallback to generic mode, and pins the new link.
+    pub fn attach(&mut self, interface: &str) -> Result<Attachment, LoaderError> {
+        let info = iface::lookup(interface).map_err(|source| LoaderError::Interface {
+            interface: interface.to_owned(),
+            source,
+        })?;
+        let link_path = self.paths.xdp_link(interface);
+        let program = uplink_program(&mut self.ebpf)?;
+        let mut mode = None;
+        if link_path.exists() {
+            match reuse_link(program, &link_path) {
+                Ok(()) => mode = Some(AttachMode::Reused),
+                Err(err) => {
+                    // A link whose device went away cannot take a program: start over.
+                    tracing::warn!(interface, error = %err, "pinned XDP link unusable; attaching anew");
+                    let _ = std::fs::remove_file(&link_path);
+                }
+            }
+        }
+        let mode = match mode {
+            Some(mode) => mode,
+            None => attach_new(program, interface, &link_path)?,
+        };
+        let mut ifaces = self.ifaces_map()?;
+        ifaces
+            .insert(info.ifindex, Iface::new(info.mac), 0)
+            .map_err(|source| LoaderError::Map {
+                name: maps::IFACES,
+                source,
+            })?;
+        tracing::info!(interface, ifindex = info.ifindex, mode = mode.as_str(), "XDP program attached");
+        let attachment = Attachment {
+            interface: interface.to_owned(),
+            ifindex: info.ifindex,
+            mac: info.mac,
+            mode,
+        };
+        self.attached.push(attachment.clone());
+        Ok(attachment)
+    }
+
+    /// Detaches interfaces an earlier agent attached that are no longer configured, and stops
+    /// answering on them.
+    pub fn forget_other_interfaces(&mut self) -> Result<(), LoaderError> {
+        let keep: BTreeSet<&str> = self.attached.iter().map(|a| a.interface.as_str()).collect();
+        if let Ok(entries) = std::fs::read_dir(self.paths.links_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(interface) = name.strip_prefix("xdp_")
+                    && !keep.contains(interface)
+                {
+                    tracing::info!(interface, "detaching XDP from an interface no longer configured");
+                    unpin_link(&entry.path())?;
+                }
+            }
+        }
+        let keep: BTreeSet<u32> = self.attached.iter().map(|a| a.ifindex).collect();
+        let mut ifaces = self.ifaces_map()?;
+        let stale: Vec<u32> = ifaces.keys().filter_map(Result::ok).filter(|i| !keep.contains(i)).collect();
+        for ifindex in stale {
+            let _ = ifaces.remove(&ifindex);
+        }
+        Ok(())
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attached
+    }
+
+    pub fn paths(&self) -> &PinPaths {
+        &self.paths
+    }
+
+    /// The loaded object, for the map writers and the log forwarder.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Detaches the program from every interface and removes every pin (`--cleanup-on-exit`).
+    pub fn cleanup(self) -> Result<(), LoaderError> {
+        let Self { ebpf, paths, .. } = self;
+        if let Ok(entries) = std::fs::read_dir(paths.links_dir()) {
+            for entry in entries.flatten() {
+                unpin_link(&entry.path())?;
+            }
+        }
+        drop(ebpf);
+        for name in maps::ALL {
+            let _ = std::fs::remove_file(paths.map(name));
+        }
+        let _ = std::fs::remove_dir(paths.links_dir());
+        let _ = std::fs::remove_dir(paths.dir());
+        tracing::info!(dir = %paths.dir().display(), "detached and unpinned");
+        Ok(())
+    }
+
+    fn ifaces_map(&mut self) -> Result<HashMap<&mut MapData, u32, Iface>, LoaderError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::IFACES)
+            .ok_or(LoaderError::MissingMap(maps::IFACES))?;
+        HashMap::try_from(map).map_err(|source| LoaderError::Map {
+            name: maps::IFACES,
+            source,
+        })
+    }
+}
+
+fn uplink_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
+    let name = programs::XDP_UPLINK;
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoaderError::ProgramType { name, source })
+}
+
+fn reuse_link(program: &mut Xdp, path: &std::path::Path) -> Result<(), LoaderError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| LoaderError::Link {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| LoaderError::Link {
+        path: path.display().to_string(),
+        source,
+    })?;
+    program
+        .attach_to_link(link)
+        .map(drop)
+        .map_err(|source| LoaderError::Attach {
+            interface: path.display().to_string(),
+            source,
+        })
+}
+
+fn attach_new(program: &mut Xdp, interface: &str, link_path: &std::path::Path) -> Result<AttachMode, LoaderError> {
+    let attach_error = |source| LoaderError::Attach {
+        interface: interface.to_owned(),
+        source,
+    };
+    let (mode, id) = match program.attach(interface, XdpMode::Driver) {
+        Ok(id) => (AttachMode::Native, id),
+        Err(native_error) => {
+            tracing::warn!(interface, error = %native_error, "native XDP attach failed; falling back to generic mode");
+            (AttachMode::Generic, program.attach(interface, XdpMode::Skb).map_err(attach_error)?)
+        }
+    };
+    let link = program.take_link(id).map_err(attach_error)?;
+    let fd_link = FdLink::try_from(link).map_err(|source| LoaderError::Link {
+        path: link_path.display().to_string(),
+        source,
+    })?;
+    fd_link.pin(link_path).map_err(|source| LoaderError::Pin {
+        interface: interface.to_owned(),
+        source: io::Error::other(source),
+    })?;
+    Ok(mode)
+}
+
+/// Unpins a link; the kernel detaches it once the last reference (ours) goes.
+fn unpin_link(path: &std::path::Path) -> Result<(), LoaderError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| LoaderError::Link {
+        path: path.display().to_string(),
+        source,
+    })?;
+    pinned.unpin().map(drop).map_err(|source| LoaderError::Pin {
+        interface: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reasons are append-only: a counters map pinned by an older agent with fewer slots cannot
+/// be reused, so it is replaced (its counts restart from zero).
+fn drop_incompatible_counters(paths: &PinPaths) {
+    let path = paths.map(maps::COUNTERS);
+    let Ok(pinned) = MapData::from_pin(&path) else {
+        return;
+    };
+    match pinned.info() {
+        Ok(info) if info.max_entries() == Reason::COUNT => {}
+        _ => {
+            tracing::warn!(path = %path.display(), "pinned counters map has another size; replacing it");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}

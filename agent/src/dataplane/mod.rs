@@ -1,0 +1,14 @@
+//! The kernel side as seen from userspace: the embedded BPF object, loading and attaching it.
+
+pub mod heartbeat;
+pub mod iface;
+pub mod l2;
+pub mod loader;
+pub mod logs;
+pub mod paths;
+pub mod status;
+
+/// The BPF object built by `build.rs` from `ebpf/programs`, embedded in the agent binary.
+pub fn bpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vipwire"))
+}

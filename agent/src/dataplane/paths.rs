@@ -1,0 +1,92 @@
+//! Every pin path in one place, and the bpffs they live on.
+//!
+//! Layout under `--bpffs-dir` (default /sys/fs/bpf/vipwire):
+//! - `<map name>`: each contract map (`vipwire_*_v<N>`), reused by the next agent;
+//! - `links/xdp_<ifname>`: the XDP link of each interface, so the program stays attached
+//!   while the agent restarts.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+/// Where pinned objects live unless `--bpffs-dir` says otherwise.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/vipwire";
+
+/// `statfs(2)` magic of the BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinPaths {
+    dir: PathBuf,
+}
+
+impl PinPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    pub fn xdp_link(&self, ifname: &str) -> PathBuf {
+        self.links_dir().join(format!("xdp_{ifname}"))
+    }
+
+    /// Makes sure the directory exists on a bpffs: when no ancestor is one, mounts a bpffs on
+    /// the directory itself (bpffs is not mounted at boot on every distribution, and `ip netns
+    /// exec` hides the host's).
+    pub fn ensure(&self) -> io::Result<()> {
+        if !on_bpffs(&self.dir)? {
+            std::fs::create_dir_all(&self.dir)?;
+            mount_bpffs(&self.dir)?;
+            tracing::info!(dir = %self.dir.display(), "mounted bpffs");
+        }
+        std::fs::create_dir_all(self.links_dir())
+    }
+}
+
+/// Whether `path` (or, if it does not exist yet, its nearest existing ancestor) is on bpffs.
+fn on_bpffs(path: &Path) -> io::Result<bool> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let stat = nix::sys::statfs::statfs(existing).map_err(io::Error::from)?;
+    Ok(stat.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(dir: &Path) -> io::Result<()> {
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_paths_follow_the_documented_layout() {
+        let paths = PinPaths::new("/sys/fs/bpf/vipwire");
+        assert_eq!(
+            paths.map("vipwire_counters_v1"),
+            Path::new("/sys/fs/bpf/vipwire/vipwire_counters_v1")
+        );
+        assert_eq!(paths.xdp_link("eth0"), Path::new("/sys/fs/bpf/vipwire/links/xdp_eth0"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The one input of the desired-state model: every Service, EndpointSlice and Node a source
+//! (the kube-rs reflectors or the manifests directory) currently knows, keyed deterministically.
+//!
+//! Objects are held in `Arc`s because the reflector stores hand them out that way, so building a
+//! snapshot from the stores copies pointers, not objects.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::Serialize;
+
+/// The namespace an object without `metadata.namespace` lands in, as with `kubectl apply`.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// `namespace/name` of a namespaced object; orders by namespace, then name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of an object's metadata; `None` without a name. A missing namespace means
+    /// [`DEFAULT_NAMESPACE`].
+    pub fn of(meta: &ObjectMeta) -> Option<Self> {
+        let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+        let namespace = meta
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE);
+        Some(Self::new(namespace, name))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Serialized as `"namespace/name"`, the way `kubectl` names objects.
+impl Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Everything the model reads. Sources replace whole snapshots; the model never sees a partial one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    /// Nodes are cluster-scoped: keyed by name.
+    pub nodes: BTreeMap<String, Arc<Node>>,
+}
+
+impl Snapshot {
+    /// Adds or replaces a Service; returns `false` (and ignores it) when it has no name.
+    pub fn insert_service(&mut self, service: impl Into<Arc<Service>>) -> bool {
+        let service = service.into();
+        match ObjectKey::of(&service.metadata) {
+            Some(key) => {
+                self.services.insert(key, service);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds or replaces an EndpointSlice; returns `false` (and ignores it) when it has no name.
+    pub fn insert_endpoint_slice(&mut self, slice: impl Into<Arc<EndpointSlice>>) -> bool {
+        let slice = slice.into();
+        match ObjectKey::of(&slice.metadata) {
+            Some(key) => {
+                self.endpoint_slices.insert(key, slice);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds or replaces a Node; returns `false` (and ignores it) when it has no name.
+    pub fn insert_node(&mut self, node: impl Into<Arc<Node>>) -> bool {
+        let node = node.into();
+        match node.metadata.name.clone().filter(|n| !n.is_empty()) {
+            Some(name) => {
+                self.nodes.insert(name, node);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Builds a snapshot from whole object lists (e.g. reflector stores' `state()`); objects
+    /// without a name are skipped.
+    pub fn from_objects(
+        services: impl IntoIterator<Item = Arc<Service>>,
+        endpoint_slices: impl IntoIterator<Item = Arc<EndpointSlice>>,
+        nodes: impl IntoIterator<Item = Arc<Node>>,
+    ) -> Self {
+        let mut snapshot = Self::default();
+        for service in services {
+            snapshot.insert_service(service);
+        }
+        for slice in endpoint_slices {
+            snapshot.insert_endpoint_slice(slice);
+        }
+        for node in nodes {
+            snapshot.insert_node(node);
+        }
+        snapshot
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.endpoint_slices.is_empty() && self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(namespace: Option<&str>, name: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn key_defaults_namespace_and_needs_name() {
+        assert_eq!(
+            ObjectKey::of(&meta(None, Some("web"))),
+            Some(ObjectKey::new("default", "web"))
+        );
+        assert_eq!(
+            ObjectKey::of(&meta(Some("prod"), Some("web")))
+                .unwrap()
+                .to_string(),
+            "prod/web"
+        );
+        assert_eq!(ObjectKey::of(&meta(Some("prod"), None)), None);
+        assert_eq!(ObjectKey::of(&meta(Some("prod"), Some(""))), None);
+    }
+
+    #[test]
+    fn from_objects_keys_and_skips_nameless() {
+        let service = |ns: &str, name: Option<&str>| {
+            Arc::new(Service {
+                metadata: meta(Some(ns), name),
+                ..Service::default()
+            })
+        };
+        let node = Arc::new(Node {
+            metadata: meta(None, Some("n1")),
+            ..Node::default()
+        });
+        let snapshot = Snapshot::from_objects(
+            [
+                service("b", Some("x")),
+                service("a", Some("y")),
+                service("a", None),
+            ],
+            [],
+            [node],
+        );
+        let keys: Vec<String> = snapshot.services.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["a/y", "b/x"]);
+        assert!(snapshot.nodes.contains_key("n1"));
+        assert!(!snapshot.is_empty());
+        assert!(Snapshot::default().is_empty());
+    }
+}

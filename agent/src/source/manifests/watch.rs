@@ -1,0 +1,214 @@
+//! Re-reading the manifests directory when it changes.
+//!
+//! The directory itself is watched (inotify, through `notify`), not the files, so editors that
+//! save by writing a temporary file and renaming it over the old one, and ConfigMap volumes
+//! that swap a `..data` symlink, are seen like plain writes. Events are debounced; each burst
+//! re-reads the whole directory, and only a good, different snapshot is published. When the
+//! directory cannot be watched (missing, inotify limits), it is polled instead.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode},
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, sleep, sleep_until},
+};
+
+use super::{Loaded, ManifestErrors, load_dir};
+use crate::{snapshot::Snapshot, source::SourceStatus};
+
+/// Quiet time after the last event before the directory is re-read.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// A steady stream of events delays a re-read by at most this much.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How often the directory is re-read while it cannot be watched.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A running manifests source.
+pub struct ManifestSource {
+    /// `None` until the first good load; then the last good snapshot, replaced only by a good
+    /// and different one. `changed()` fires for the first snapshot too.
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// The outcome of the newest load (error while rejected, warnings of the last good one).
+    pub status: watch::Receiver<SourceStatus>,
+    /// Ends when every receiver of `snapshots` is gone.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts watching `dir` on the current tokio runtime and loads it once right away.
+pub fn spawn_manifest_source(dir: PathBuf) -> ManifestSource {
+    let (snapshots_tx, snapshots) = watch::channel(None);
+    let (status_tx, status) = watch::channel(SourceStatus::default());
+    let task = tokio::spawn(run(dir, snapshots_tx, status_tx));
+    ManifestSource {
+        snapshots,
+        status,
+        task,
+    }
+}
+
+/// [`spawn_manifest_source`] for callers that only want the snapshots (the task is detached).
+pub fn spawn(dir: PathBuf) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    spawn_manifest_source(dir).snapshots
+}
+
+/// What the watcher tells the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Changed,
+    /// The watch itself is in doubt (directory moved or removed, queue overflow): set it up again.
+    Rewatch,
+}
+
+fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<RecommendedWatcher> {
+    let root = dir.to_owned();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let signal = match event {
+            Err(_) => Signal::Rewatch,
+            Ok(event) if event.need_rescan() => Signal::Rewatch,
+            // Opens and plain closes (our own reads among them) change nothing.
+            Ok(event)
+                if matches!(event.kind, EventKind::Access(kind)
+                    if kind != AccessKind::Close(AccessMode::Write)) =>
+            {
+                return;
+            }
+            Ok(event) if event.paths.iter().any(|p| p == &root) => Signal::Rewatch,
+            Ok(_) => Signal::Changed,
+        };
+        // The task is gone only when nobody wants snapshots any more.
+        let _ = tx.send(signal);
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+async fn run(
+    dir: PathBuf,
+    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    status: watch::Sender<SourceStatus>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = None;
+    let mut watch_error = None;
+    loop {
+        // Watch first, then read: a change in between is seen by the next round.
+        if watcher.is_none() {
+            match watch_dir(&dir, tx.clone()) {
+                Ok(w) => {
+                    watcher = Some(w);
+                    watch_error = None;
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    if watch_error.as_ref() != Some(&error) {
+                        tracing::warn!(dir = %dir.display(), %error, "cannot watch the manifests directory; polling it");
+                        watch_error = Some(error);
+                    }
+                }
+            }
+        }
+        reload(&dir, &snapshots, &status).await;
+
+        let first = if watcher.is_some() {
+            tokio::select! {
+                signal = rx.recv() => signal.unwrap_or(Signal::Rewatch),
+                () = snapshots.closed() => return,
+            }
+        } else {
+            tokio::select! {
+                () = sleep(POLL_INTERVAL) => Signal::Rewatch,
+                () = snapshots.closed() => return,
+            }
+        };
+        if debounce(&mut rx, first).await == Signal::Rewatch {
+            watcher = None;
+        }
+    }
+}
+
+/// Waits until events stop for [`DEBOUNCE`] (at most [`MAX_DELAY`]); `Rewatch` if any asked.
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<Signal>, first: Signal) -> Signal {
+    let deadline = Instant::now() + MAX_DELAY;
+    let mut outcome = first;
+    loop {
+        tokio::select! {
+            signal = rx.recv() => match signal {
+                Some(Signal::Rewatch) => outcome = Signal::Rewatch,
+                Some(Signal::Changed) => {}
+                None => return Signal::Rewatch,
+            },
+            () = sleep(DEBOUNCE) => return outcome,
+            () = sleep_until(deadline) => return outcome,
+        }
+    }
+}
+
+/// Reads the directory; publishes a good snapshot when it differs, else keeps the last one.
+async fn reload(
+    dir: &Path,
+    snapshots: &watch::Sender<Option<Arc<Snapshot>>>,
+    status: &watch::Sender<SourceStatus>,
+) {
+    let path = dir.to_owned();
+    let result = match tokio::task::spawn_blocking(move || load_dir(&path)).await {
+        Ok(result) => result,
+        Err(join) => {
+            tracing::error!(error = %join, "reading the manifests panicked; keeping the last good snapshot");
+            return;
+        }
+    };
+    match result {
+        Ok(loaded) => accept(dir, loaded, snapshots, status),
+        Err(errors) => reject(dir, &errors, status),
+    }
+}
+
+fn accept(
+    dir: &Path,
+    loaded: Loaded,
+    snapshots: &watch::Sender<Option<Arc<Snapshot>>>,
+    status: &watch::Sender<SourceStatus>,
+) {
+    let Loaded { snapshot, warnings } = loaded;
+    let (services, slices, nodes) = (
+        snapshot.services.len(),
+        snapshot.endpoint_slices.len(),
+        snapshot.nodes.len(),
+    );
+    // This task is the only sender: compare, then update the status before publishing, so a
+    // consumer woken by the snapshot reads the matching status.
+    let changed = snapshots.borrow().as_deref() != Some(&snapshot);
+    let recovered = status.borrow().error.is_some();
+    if changed || recovered {
+        for warning in &warnings {
+            tracing::warn!(%warning, "manifests");
+        }
+        tracing::info!(dir = %dir.display(), services, slices, nodes, "manifests loaded");
+    }
+    status.send_modify(|s| {
+        s.generation += u64::from(changed);
+        s.error = None;
+        s.warnings = warnings;
+    });
+    if changed {
+        snapshots.send_replace(Some(Arc::new(snapshot)));
+    }
+}
+
+fn reject(dir: &Path, errors: &ManifestErrors, status: &watch::Sender<SourceStatus>) {
+    let error = errors.to_string();
+    // Polling re-reads the same broken file every few seconds: say it once.
+    if status.borrow().error.as_ref() != Some(&error) {
+        tracing::error!(dir = %dir.display(), %error, "manifests rejected; keeping the last good snapshot");
+    }
+    status.send_modify(|s| s.error = Some(error));
+}

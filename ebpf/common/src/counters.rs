@@ -1,0 +1,98 @@
+//! Per-CPU counters: one `u64` slot per reason in `vipwire_counters_v1`.
+//!
+//! The XDP program bumps exactly one slot per packet. Readers sum the slots over all CPUs.
+//! Reasons are append-only: a new reason takes the next index and grows the map, so the
+//! agent must check a pinned map's `max_entries` against [`Reason::COUNT`] before reusing it.
+
+/// Why the XDP program returned the verdict it did. The discriminant is the counter's index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not a request vipwire answers (other traffic, ARP replies, gratuitous ARP, other
+    /// ICMPv6, non-Ethernet/IPv4 ARP, VLAN-tagged frames): `XDP_PASS`, untouched.
+    Passed = 0,
+    /// ARP request for an owned (VIP, ingress ifindex): answered with `XDP_TX`.
+    AnsweredArp = 1,
+    /// Neighbor Solicitation for an owned (VIP6, ingress ifindex): answered with `XDP_TX`.
+    AnsweredNdp = 2,
+    /// A well-formed request that is not for an owned (VIP, ingress ifindex), arrived on an
+    /// interface missing from `vipwire_ifaces_v1`, or was addressed to another MAC.
+    NotOwned = 3,
+    /// An owned request left to the kernel because the agent's heartbeat is stale or was
+    /// never written.
+    StaleHeartbeat = 4,
+    /// Claims to be an ARP request or a Neighbor Solicitation but fails a length, field,
+    /// option or checksum check.
+    Malformed = 5,
+    /// An owned request left to the kernel because the agent wrote a contract version this
+    /// program was not built for.
+    ContractMismatch = 6,
+    /// A Neighbor Solicitation of a shape the program does not rewrite (more than
+    /// [`crate::l2::NS_MAX_OPTIONS_LEN`] bytes of options).
+    Unsupported = 7,
+}
+
+impl Reason {
+    /// Every reason, in index order (for readers that print all counters).
+    pub const ALL: [Reason; 8] = [
+        Reason::Passed,
+        Reason::AnsweredArp,
+        Reason::AnsweredNdp,
+        Reason::NotOwned,
+        Reason::StaleHeartbeat,
+        Reason::Malformed,
+        Reason::ContractMismatch,
+        Reason::Unsupported,
+    ];
+
+    /// Number of counter slots; the map's `max_entries`.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable name used in `vipwire status --json` and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Passed => "passed",
+            Reason::AnsweredArp => "answered_arp",
+            Reason::AnsweredNdp => "answered_ndp",
+            Reason::NotOwned => "not_owned",
+            Reason::StaleHeartbeat => "stale_heartbeat",
+            Reason::Malformed => "malformed",
+            Reason::ContractMismatch => "contract_mismatch",
+            Reason::Unsupported => "unsupported",
+        }
+    }
+
+    /// The reason stored at counter index `index`, if any.
+    pub const fn from_index(index: u32) -> Option<Reason> {
+        if index < Self::COUNT {
+            Some(Self::ALL[index as usize])
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn discriminants_are_indexes() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{}", reason.name());
+            assert_eq!(Reason::from_index(index as u32), Some(*reason));
+        }
+        assert_eq!(Reason::from_index(Reason::COUNT), None);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            let name = a.name();
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name}");
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(name, b.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The contract between vipwire's BPF programs and its agent.
+//!
+//! Every type here is ABI: `#[repr(C)]`, fixed-width fields, explicit padding, a size assert
+//! beside it. Map names carry a layout version; bump it when a layout changes so an agent never
+//! reuses a pinned map whose layout it does not understand.
+#![no_std]
+
+pub mod control;
+pub mod counters;
+pub mod l2;
+
+pub use control::{CONTRACT_VERSION, Control};
+pub use counters::Reason;
+pub use l2::{Iface, L2Vip4Key, L2Vip6Key, L2VipStats};
+
+/// Names of the BPF programs, as the loader looks them up in the object.
+pub mod programs {
+    /// The XDP program attached to every configured uplink interface.
+    pub const XDP_UPLINK: &str = "vipwire_xdp";
+}
+
+/// Names of the maps, which are also their pin file names under the bpffs directory.
+///
+/// The BPF crate declares each map with the same literal (`#[btf_map(name = "...")]` takes
+/// no path); the test `contract_maps_match_object` (tests/tests/xdp_l2_fixtures.rs) loads the
+/// object and opens every map below by name with its typed key and value, so a renamed map
+/// or a changed layout fails there.
+pub mod maps {
+    /// `PERCPU_HASH` [`crate::L2Vip4Key`] -> [`crate::L2VipStats`]: IPv4 VIPs answered by
+    /// ARP, per ingress interface.
+    pub const L2_VIP4: &str = "vipwire_l2_vip4_v1";
+    /// `PERCPU_HASH` [`crate::L2Vip6Key`] -> [`crate::L2VipStats`]: IPv6 VIPs answered by
+    /// NDP, per ingress interface.
+    pub const L2_VIP6: &str = "vipwire_l2_vip6_v1";
+    /// `HASH` ifindex (`u32`) -> [`crate::Iface`]: interfaces answered on, with their MAC.
+    pub const IFACES: &str = "vipwire_ifaces_v1";
+    /// `ARRAY[1]` -> [`crate::Control`]: heartbeat and contract version.
+    pub const CONTROL: &str = "vipwire_control_v1";
+    /// `PERCPU_ARRAY[Reason::COUNT]` -> `u64`: packet counters indexed by [`crate::Reason`].
+    pub const COUNTERS: &str = "vipwire_counters_v1";
+
+    /// Every contract map (not aya-log's `AYA_LOGS` ring buffer or the `.rodata` globals).
+    pub const ALL: [&str; 5] = [L2_VIP4, L2_VIP6, IFACES, CONTROL, COUNTERS];
+}

@@ -1,0 +1,74 @@
+//! vipwire's kernel side: the XDP program on the uplink interfaces.
+//!
+//! It answers ARP requests and IPv6 Neighbor Solicitations for the (VIP, ingress interface)
+//! pairs the agent wrote, in place with `XDP_TX`, while the agent's heartbeat is fresh.
+//! Everything else leaves with `XDP_PASS`, byte for byte as it came. Exactly one per-CPU
+//! counter is bumped per packet.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod checksum;
+mod control;
+mod counters;
+mod maps;
+mod ndp;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use vipwire_common::Reason;
+
+/// What to do with a frame and why: the action is returned, the reason counted.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Self {
+            action: xdp_action::XDP_PASS,
+            reason,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn tx(reason: Reason) -> Self {
+        Self {
+            action: xdp_action::XDP_TX,
+            reason,
+        }
+    }
+}
+
+#[xdp]
+pub fn vipwire_xdp(ctx: XdpContext) -> u32 {
+    let verdict = classify(&ctx);
+    counters::bump(verdict.reason);
+    verdict.action
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Verdict {
+    let Some(ethertype) = parse::ethertype(ctx) else {
+        return Verdict::pass(Reason::Malformed);
+    };
+    match ethertype {
+        parse::ETH_P_ARP => arp::handle(ctx),
+        parse::ETH_P_IPV6 => ndp::handle(ctx),
+        // IPv4, VLAN-tagged (802.1Q/802.1ad: we are not told about VLANs) and the rest.
+        _ => Verdict::pass(Reason::Passed),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
