@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
+    admin::{self, doctor},
     config::{self, Overrides},
     dataplane::{paths::PinPaths, status},
     run::{self, RunOptions},
@@ -35,8 +36,11 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the agent: attach XDP to the interfaces, answer ARP/NDP for the VIPs this node owns.
     Run(RunArgs),
-    /// What this node's dataplane owns and counts (read from the pinned maps).
+    /// What this node owns and counts: asks the running agent, else reads the pinned maps.
     Status(StatusArgs),
+    /// Host checks: bpffs, XDP mode per interface, rp_filter, the agent, VIP conflicts,
+    /// .0/.255 VIPs. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,13 +81,82 @@ pub struct StatusArgs {
     /// Machine-readable output (stable field names).
     #[arg(long)]
     pub json: bool,
-    /// Where the agent pins its maps [default: /sys/fs/bpf/vipwire].
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub target: AgentTarget,
+}
+
+/// How `status` and `doctor` find an agent that does not use the defaults.
+#[derive(Debug, clap::Args)]
+pub struct AgentTarget {
+    /// The agent's admin endpoint [default: admin.listen of --config, else 127.0.0.1:9469].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Where the agent pins its maps [default: bpffsDir of --config, else /sys/fs/bpf/vipwire].
     #[arg(long, value_name = "DIR")]
     pub bpffs_dir: Option<PathBuf>,
-    /// Config file of the agent to inspect (for its bpffsDir).
+    /// Config file of the agent to inspect (for its admin.listen, bpffsDir and interfaces).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
+
+/// What [`AgentTarget`] resolves to.
+struct Target {
+    admin: SocketAddr,
+    bpffs_dir: PathBuf,
+    interfaces: Vec<String>,
+}
+
+impl AgentTarget {
+    fn resolve(&self) -> Result<Target, config::ConfigError> {
+        let (file_admin, file_dir, interfaces) = match &self.config {
+            Some(file) => {
+                // Only the fields that locate the agent matter here: satisfy the rest.
+                let config =
+                    config::load(Some(file), Overrides::default(), Some("status".to_owned()))
+                        .or_else(|_| {
+                            config::load(
+                                Some(file),
+                                Overrides {
+                                    interfaces: vec!["lo".to_owned()],
+                                    ..Overrides::default()
+                                },
+                                Some("status".to_owned()),
+                            )
+                            .map(|mut c| {
+                                c.interfaces.clear();
+                                c
+                            })
+                        })?;
+                (
+                    Some(config.admin_listen),
+                    Some(config.bpffs_dir),
+                    config.interfaces,
+                )
+            }
+            None => (None, None, Vec::new()),
+        };
+        Ok(Target {
+            admin: self
+                .admin
+                .or(file_admin)
+                .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
+            bpffs_dir: self
+                .bpffs_dir
+                .clone()
+                .or(file_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::dataplane::paths::DEFAULT_BPFFS_DIR)),
+            interfaces,
+        })
+    }
+}
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9469";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BpfLogLevel {
@@ -120,13 +193,16 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Status(args) => status_command(&args),
+        Command::Doctor(args) => doctor_command(&args),
     }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -164,17 +240,36 @@ fn run_command(args: RunArgs) -> ExitCode {
 }
 
 fn status_command(args: &StatusArgs) -> ExitCode {
-    let dir = match (&args.bpffs_dir, &args.config) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(file)) => match config::load_bpffs_dir(file) {
-            Ok(dir) => dir,
-            Err(err) => return usage_error(&err),
-        },
-        (None, None) => PathBuf::from(crate::dataplane::paths::DEFAULT_BPFFS_DIR),
+    let target = match args.target.resolve() {
+        Ok(target) => target,
+        Err(err) => return usage_error(&err),
     };
-    match status::read(&PinPaths::new(dir)) {
+    let agent_error = match admin::client::get(target.admin, "/status") {
+        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(value) if args.json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("JSON serializes")
+                );
+                return ExitCode::SUCCESS;
+            }
+            Ok(value) => {
+                print!("{}", admin::status::to_text(&value));
+                return ExitCode::SUCCESS;
+            }
+            Err(err) => format!("the agent on {} sent invalid JSON: {err}", target.admin),
+        },
+        Ok((code, _)) => format!("the agent on {} answered {code}", target.admin),
+        Err(err) => error_chain(&err),
+    };
+    // The fallback says so: on stderr, so `--json` output stays one document.
+    eprintln!("vipwire: {agent_error}; reading the pinned maps instead");
+    match status::read(&PinPaths::new(target.bpffs_dir)) {
         Ok(status) if args.json => {
-            println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).expect("status serializes")
+            );
             ExitCode::SUCCESS
         }
         Ok(status) => {
@@ -185,6 +280,26 @@ fn status_command(args: &StatusArgs) -> ExitCode {
             eprintln!("vipwire: {}", error_chain(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor_command(args: &DoctorArgs) -> ExitCode {
+    let target = match args.target.resolve() {
+        Ok(target) => target,
+        Err(err) => return usage_error(&err),
+    };
+    let checks = doctor::run(&doctor::DoctorInput {
+        admin: target.admin,
+        bpffs_dir: target.bpffs_dir,
+        interfaces: target.interfaces,
+    });
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().any(|c| c.level == doctor::Level::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -209,5 +324,9 @@ fn default_node_name() -> Option<String> {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
 }

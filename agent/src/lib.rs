@@ -1,5 +1,7 @@
 //! vipwire: the agent library. `main.rs` is a thin shell around [`cli`].
 
+pub mod admin;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

@@ -1,9 +1,13 @@
 //! `vipwire run`: the agent's main loop. Loads (or takes over) the dataplane, then applies
-//! every new snapshot as a delta and keeps the heartbeat fresh until SIGINT/SIGTERM.
+//! every new snapshot (debounced, plus a periodic full resync) as a delta, serves the admin
+//! endpoint and keeps the heartbeat fresh until SIGINT/SIGTERM.
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
+    admin::{self, AdminError, AdminState, Reconciled, SourceWatch},
     config::Config,
     dataplane::{
         self, heartbeat,
@@ -14,14 +18,22 @@ use crate::{
     },
     model::{self, ModelConfig},
     snapshot::Snapshot,
-    source::manifests,
+    source::{kube, spawn_manifest_source},
 };
 
 pub struct RunOptions {
+    /// `None`: watch the cluster (in-cluster config, else `KUBECONFIG`).
     pub manifests: Option<PathBuf>,
     pub cleanup_on_exit: bool,
     pub bpf_log_level: aya_log::Level,
 }
+
+/// Quiet time after a snapshot before it is applied: a burst of changes costs one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A steady stream of snapshots delays a reconcile by at most this much.
+const MAX_DELAY: Duration = Duration::from_millis(500);
+/// Reconcile from scratch this often even without changes (repairs maps edited behind our back).
+const RESYNC: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -36,17 +48,19 @@ pub enum RunError {
     Heartbeat(#[source] aya::maps::MapError),
     #[error("starting the runtime or a signal handler")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 pub fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
     // Everything that can be wrong with the input is checked before the first attach.
-    let Some(manifest_dir) = options.manifests.clone() else {
-        return Err(RunError::Usage(
-            "watching the cluster is not available in this build yet: pass --manifests DIR".into(),
-        ));
-    };
-    if !manifest_dir.is_dir() {
-        return Err(RunError::Usage(format!("--manifests: {} is not a directory", manifest_dir.display())));
+    if let Some(dir) = &options.manifests
+        && !dir.is_dir()
+    {
+        return Err(RunError::Usage(format!(
+            "--manifests: {} is not a directory",
+            dir.display()
+        )));
     }
     for (i, name) in config.interfaces.iter().enumerate() {
         if let Err(err) = dataplane::iface::lookup(name) {
@@ -57,10 +71,58 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(agent(config, options, manifest_dir))
+    runtime.block_on(agent(config, options))
 }
 
-async fn agent(config: Config, options: RunOptions, manifest_dir: PathBuf) -> Result<(), RunError> {
+/// The running input: snapshots plus what the admin endpoint reports about it.
+struct Input {
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    watch: SourceWatch,
+}
+
+async fn open_source(manifests: Option<PathBuf>) -> Result<Input, RunError> {
+    match manifests {
+        Some(dir) => {
+            let source = spawn_manifest_source(dir.clone());
+            Ok(Input {
+                snapshots: source.snapshots,
+                watch: SourceWatch::Manifests {
+                    dir,
+                    status: source.status,
+                },
+            })
+        }
+        None => {
+            // Building the client reads the config only; nothing talks to the apiserver yet.
+            let client = kube::client().await.map_err(|err| {
+                // No cluster to watch is a configuration problem: exit 2, nothing attached.
+                RunError::Usage(format!(
+                    "{err}: {} (or pass --manifests DIR)",
+                    std::error::Error::source(&err).map_or(String::new(), ToString::to_string)
+                ))
+            })?;
+            let source = kube::spawn_kube_source(client);
+            Ok(Input {
+                snapshots: source.snapshots,
+                watch: SourceWatch::Kubernetes {
+                    status: source.status,
+                    health: source.health,
+                },
+            })
+        }
+    }
+}
+
+async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
+    let listener = admin::bind(config.admin_listen).await?;
+    let mut input = open_source(options.manifests.clone()).await?;
+    let state = Arc::new(AdminState::new(
+        config.node_name.clone(),
+        config.bpffs_dir.clone(),
+        input.watch.clone(),
+    ));
+    admin::serve(listener, state.clone());
+
     let mut plane = Dataplane::open(
         dataplane::bpf_object(),
         PinPaths::new(&config.bpffs_dir),
@@ -73,32 +135,53 @@ async fn agent(config: Config, options: RunOptions, manifest_dir: PathBuf) -> Re
         plane.attach(interface)?;
     }
     plane.forget_other_interfaces()?;
+    state.set_attached(true);
     match logs::spawn_forwarder(plane.ebpf_mut()) {
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "BPF logs are not forwarded"),
     }
 
-    let mut snapshots = manifests::spawn(manifest_dir);
     let model_config = ModelConfig::from(&config);
     let mut ticker = tokio::time::interval(heartbeat::interval(stale_after));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(node = %config.node_name, interfaces = ?config.interfaces, "agent running");
     let mut source_alive = true;
+    // Set while a new snapshot waits out the debounce: (first seen, deadline).
+    let mut pending: Option<(Instant, Instant)> = None;
+    let mut reconciles = 0u64;
     loop {
+        let apply_at = pending.map(|(first, last)| (last + DEBOUNCE).min(first + MAX_DELAY));
         tokio::select! {
             _ = ticker.tick() => {
                 heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
             }
-            changed = snapshots.changed(), if source_alive => {
+            changed = input.snapshots.changed(), if source_alive => {
                 if changed.is_err() {
-                    tracing::error!("the manifest source stopped; keeping the last state");
+                    // Keep the last state: no mass withdraw because the input went away.
+                    tracing::error!("the snapshot source stopped; keeping the last state");
                     source_alive = false;
                     continue;
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
+                let now = Instant::now();
+                pending = Some((pending.map_or(now, |(first, _)| first), now));
+            }
+            () = sleep_until_opt(apply_at) => {
+                pending = None;
+                let snapshot = input.snapshots.borrow_and_update().clone();
                 if let Some(snapshot) = snapshot {
-                    reconcile(&mut plane, &config, &model_config, &snapshot)?;
+                    reconciles += 1;
+                    reconcile(&mut plane, &config, &model_config, &snapshot, &state, reconciles)?;
+                }
+            }
+            _ = resync.tick() => {
+                let snapshot = input.snapshots.borrow().clone();
+                if let Some(snapshot) = snapshot {
+                    tracing::debug!("periodic full resync");
+                    reconciles += 1;
+                    reconcile(&mut plane, &config, &model_config, &snapshot, &state, reconciles)?;
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -107,6 +190,7 @@ async fn agent(config: Config, options: RunOptions, manifest_dir: PathBuf) -> Re
     }
     if options.cleanup_on_exit {
         tracing::info!("shutting down: detaching and unpinning (--cleanup-on-exit)");
+        state.set_attached(false);
         plane.cleanup()?;
     } else {
         tracing::info!(
@@ -116,13 +200,23 @@ async fn agent(config: Config, options: RunOptions, manifest_dir: PathBuf) -> Re
     Ok(())
 }
 
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Applies what the model wants for this node to the dataplane, as a delta.
 fn reconcile(
     plane: &mut Dataplane,
     config: &Config,
     model_config: &ModelConfig,
     snapshot: &Arc<Snapshot>,
+    state: &AdminState,
+    count: u64,
 ) -> Result<(), RunError> {
+    // From scratch: the model sees the whole snapshot and the writer diffs against the kernel.
     let desired = model::desired(&config.node_name, snapshot, model_config);
     for warning in &desired.warnings {
         tracing::warn!(%warning, "model");
@@ -134,10 +228,19 @@ fn reconcile(
     }
     for entry in &delta.added {
         tracing::info!(vip = %entry.addr, ifindex = entry.ifindex, "answering");
-        if let Some(a) = plane.attachments().iter().find(|a| a.ifindex == entry.ifindex) {
+        if let Some(a) = plane
+            .attachments()
+            .iter()
+            .find(|a| a.ifindex == entry.ifindex)
+        {
             crate::l2::spawn_announcements(a.interface.clone(), a.ifindex, a.mac, entry.addr);
         }
     }
+    state.set_reconciled(Reconciled {
+        desired: Arc::new(desired),
+        snapshot: snapshot.clone(),
+        count,
+    });
     Ok(())
 }
 
@@ -151,6 +254,11 @@ fn l2_entries(
         return BTreeSet::new();
     }
     vips.iter()
-        .flat_map(|&addr| attachments.iter().map(move |a| L2Entry { addr, ifindex: a.ifindex }))
+        .flat_map(|&addr| {
+            attachments.iter().map(move |a| L2Entry {
+                addr,
+                ifindex: a.ifindex,
+            })
+        })
         .collect()
 }

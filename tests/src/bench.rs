@@ -228,8 +228,22 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let rows = value.as_array().unwrap();
         assert_eq!(rows.len(), 2);
-        let keys: Vec<&str> = rows[0].as_object().unwrap().keys().map(String::as_str).collect();
-        for key in ["name", "value", "unit", "baseline_name", "baseline_value", "ratio", "target", "met"] {
+        let keys: Vec<&str> = rows[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "name",
+            "value",
+            "unit",
+            "baseline_name",
+            "baseline_value",
+            "ratio",
+            "target",
+            "met",
+        ] {
             assert!(keys.contains(&key), "missing {key} in {keys:?}");
         }
         assert_eq!(rows[0]["ratio"], 1.5);
@@ -242,7 +256,11 @@ mod tests {
     #[test]
     fn table_lists_every_measurement() {
         let mut report = Report::new("demo");
-        report.push(Measurement::new("first", 1.0, "ns").against("base", 1.0).target(Target::RatioAtMost(1.3)));
+        report.push(
+            Measurement::new("first", 1.0, "ns")
+                .against("base", 1.0)
+                .target(Target::RatioAtMost(1.3)),
+        );
         report.push(Measurement::new("second", 2.0, "ns"));
         let table = report.table();
         assert_eq!(table.lines().count(), 3);

@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
 use aya_log::EbpfLogger;
@@ -129,7 +129,8 @@ impl XdpHarness {
         }
     }
 
-    fn program(&self) -> &Xdp {
+    /// The loaded program, for measurements that drive `TestRun` themselves.
+    pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(programs::XDP_UPLINK)
             .expect("the uplink program")
@@ -137,24 +138,29 @@ impl XdpHarness {
             .expect("XDP")
     }
 
-    /// Runs `frame` once as if received on `ingress_ifindex`.
+    /// Runs `frame` once as if received on `ingress_ifindex`; panics if the kernel refuses
+    /// the run (see [`Self::try_run`]).
     pub fn run(&self, frame: &[u8], ingress_ifindex: u32) -> RunOutput {
+        self.try_run(frame, ingress_ifindex)
+            .unwrap_or_else(|e| panic!("BPF_PROG_RUN (ifindex {ingress_ifindex}): {e:?}"))
+    }
+
+    /// Runs `frame` once. The kernel refuses frames shorter than an Ethernet header
+    /// (EINVAL) and an `ingress_ifindex` with no device in this namespace (ENODEV).
+    pub fn try_run(&self, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutput, ProgramError> {
         let mut out = vec![0u8; frame.len() + OUTPUT_SLACK];
         let ctx = xdp_md(frame.len(), ingress_ifindex);
-        let result = self
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_RUN (ifindex {ingress_ifindex}): {e:?}"));
+        let result = self.program().test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })?;
         out.truncate(result.data_size_out as usize);
-        RunOutput {
+        Ok(RunOutput {
             verdict: result.return_value.into(),
             frame: out,
-        }
+        })
     }
 
     /// Runs `frame` `repeat` times in one syscall; the kernel reports the mean time per run.

@@ -183,11 +183,16 @@ impl Netns {
     /// a pod. xdp-filter keeps a lock file in the shared /run, so parallel tests take turns.
     pub fn pass_all_xdp(&self, ifname: &str) {
         static XDP_FILTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _turn = XDP_FILTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _turn = XDP_FILTER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::tools::require("xdp-filter");
         self.run_ok(
             "sh",
-            &["-c", &format!("mount -t bpf bpf /sys/fs/bpf && xdp-filter load -m native {ifname}")],
+            &[
+                "-c",
+                &format!("mount -t bpf bpf /sys/fs/bpf && xdp-filter load -m native {ifname}"),
+            ],
         );
     }
 

@@ -43,8 +43,18 @@ impl ArpProber {
         let fd = in_netns(ns, move || {
             let proto = (ETH_P_ARP).to_be();
             // SAFETY: plain socket(2); the fd is owned right below.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    i32::from(proto),
+                )
+            };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: fd is fresh and owned by nothing else.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             // SAFETY: sockaddr_ll is plain old data.
@@ -63,7 +73,12 @@ impl ArpProber {
             assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
             fd
         });
-        Self { fd, ifindex, mac, src }
+        Self {
+            fd,
+            ifindex,
+            mac,
+            src,
+        }
     }
 
     /// Sends one who-has for `target` and waits up to `timeout` for the reply; returns the
@@ -141,7 +156,14 @@ impl ArpProber {
         }
         let mut buf = vec![0u8; 2048];
         // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 {
             return None;
         }

@@ -42,10 +42,15 @@ fn node_manifest(name: &str) -> String {
 /// A LoadBalancer Service with `ips` as its ingress, and an EndpointSlice with one ready
 /// endpoint on this node (a Service with no endpoint anywhere is announced by nobody).
 fn service_manifest(name: &str, ips: &[&str]) -> String {
-    let ingress: String = ips.iter().map(|ip| format!("    - ip: \"{ip}\"\n")).collect();
+    let ingress: String = ips
+        .iter()
+        .map(|ip| format!("    - ip: \"{ip}\"\n"))
+        .collect();
     // Endpoints are per address family, as in a dual-stack cluster.
     let v6_slice = if ips.iter().any(|ip| ip.contains(':')) {
-        format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-v6\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv6\nports:\n- port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"fd00:244::10\"]\n  nodeName: {NODE}\n  conditions:\n    ready: true\n")
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-v6\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv6\nports:\n- port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"fd00:244::10\"]\n  nodeName: {NODE}\n  conditions:\n    ready: true\n"
+        )
     } else {
         String::new()
     };
@@ -72,7 +77,11 @@ fn lab(name: &str) -> Lab {
     let manifests = lab.path("manifests");
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("node.yaml"), node_manifest(NODE)).unwrap();
-    std::fs::write(manifests.join("web.yaml"), service_manifest("web", &[&VIP.to_string(), VIP6])).unwrap();
+    std::fs::write(
+        manifests.join("web.yaml"),
+        service_manifest("web", &[&VIP.to_string(), VIP6]),
+    )
+    .unwrap();
     Lab {
         bpffs: BpffsDir::new(name),
         lab,
@@ -124,14 +133,28 @@ fn answers_arp_for_owned_vips_on_configured_interfaces_only() {
     let mut agent = lab.start_agent("agent.log", &[]);
     let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
     let mac = lab.wait_answering(&prober, &mut agent);
-    assert_eq!(mac, lab.node.mac("eth0"), "the reply carries the node interface's MAC");
+    assert_eq!(
+        mac,
+        lab.node.mac("eth0"),
+        "the reply carries the node interface's MAC"
+    );
 
     // arping (iputils) sees the same.
-    let out = lab.client.run_ok("arping", &["-c", "1", "-w", "2", "-I", "eth0", &VIP.to_string()]);
+    let out = lab.client.run_ok(
+        "arping",
+        &["-c", "1", "-w", "2", "-I", "eth0", &VIP.to_string()],
+    );
     let node_mac = format_mac(lab.node.mac("eth0"));
-    assert!(out.to_lowercase().contains(&node_mac), "arping output {out:?} lacks {node_mac}");
+    assert!(
+        out.to_lowercase().contains(&node_mac),
+        "arping output {out:?} lacks {node_mac}"
+    );
 
-    assert_eq!(prober.probe(OTHER_VIP, Duration::from_millis(500)), None, "a VIP nobody owns");
+    assert_eq!(
+        prober.probe(OTHER_VIP, Duration::from_millis(500)),
+        None,
+        "a VIP nobody owns"
+    );
     let prober2 = ArpProber::open(&lab.client2, "eth0", Ipv4Addr::new(10, 0, 1, 1));
     assert_eq!(
         prober2.probe(VIP, Duration::from_millis(500)),
@@ -140,8 +163,16 @@ fn answers_arp_for_owned_vips_on_configured_interfaces_only() {
     );
     let status = lab.status();
     let eth0 = interface(&status, "eth0");
-    let vip = eth0["vips"].as_array().unwrap().iter().find(|v| v["address"] == VIP.to_string()).expect("VIP in status");
-    assert!(vip["answered"].as_u64().unwrap() >= 2, "status counts answers: {status}");
+    let vip = eth0["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["address"] == VIP.to_string())
+        .expect("VIP in status");
+    assert!(
+        vip["answered"].as_u64().unwrap() >= 2,
+        "status counts answers: {status}"
+    );
     assert!(status["counters"]["answered_arp"].as_u64().unwrap() >= 2);
     assert!(status["counters"]["not_owned"].as_u64().unwrap() >= 1);
     assert_eq!(status["heartbeat"]["fresh"], true);
@@ -154,16 +185,31 @@ fn ndp_resolves_an_owned_ipv6_vip() {
     let mut agent = lab.start_agent("agent.log", &[]);
     let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
     lab.wait_answering(&prober, &mut agent);
-    let out = lab.client.exec("ndisc6", &["-1", "-r", "3", "-w", "1000", VIP6, "eth0"]);
-    assert!(out.status.success(), "ndisc6 failed: {}{}\nstatus: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), lab.status());
+    let out = lab
+        .client
+        .exec("ndisc6", &["-1", "-r", "3", "-w", "1000", VIP6, "eth0"]);
+    assert!(
+        out.status.success(),
+        "ndisc6 failed: {}{}\nstatus: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.status()
+    );
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let node_mac = format_mac(lab.node.mac("eth0")).to_uppercase();
-    assert!(out.to_uppercase().contains(&node_mac), "ndisc6 output {out:?} lacks {node_mac}");
+    assert!(
+        out.to_uppercase().contains(&node_mac),
+        "ndisc6 output {out:?} lacks {node_mac}"
+    );
     // The kernel's own neighbour resolution (ping -6) works against the XDP answer too.
-    lab.client.ip(&["-6", "route", "add", "2001:db8::/64", "dev", "eth0"]);
+    lab.client
+        .ip(&["-6", "route", "add", "2001:db8::/64", "dev", "eth0"]);
     let _ = lab.client.exec("ping", &["-6", "-c", "1", "-W", "1", VIP6]);
     let neigh = lab.client.ip(&["-6", "neigh", "show", VIP6]);
-    assert!(neigh.to_lowercase().contains(&node_mac.to_lowercase()), "neighbour entry {neigh:?}");
+    assert!(
+        neigh.to_lowercase().contains(&node_mac.to_lowercase()),
+        "neighbour entry {neigh:?}"
+    );
     agent.stop(Duration::from_secs(5));
 }
 
@@ -197,11 +243,21 @@ fn answering_never_stops_across_sigkill_and_restart() {
     let mut second = second.unwrap();
     second.assert_running();
     assert!(probes >= 80, "only {probes} probes");
-    assert!(misses.is_empty(), "{} of {probes} probes missed, at {misses:?}", misses.len());
+    assert!(
+        misses.is_empty(),
+        "{} of {probes} probes missed, at {misses:?}",
+        misses.len()
+    );
     let answered_after = vip_answered(&lab.status());
-    assert!(answered_after >= answered_before + probes as u64, "per-VIP counters kept across the restart: {answered_before} -> {answered_after}");
+    assert!(
+        answered_after >= answered_before + probes as u64,
+        "per-VIP counters kept across the restart: {answered_before} -> {answered_after}"
+    );
     let log = std::fs::read_to_string(lab.lab.path("agent2.log")).unwrap();
-    assert!(log.contains("reused"), "the second agent took over the pinned link:\n{log}");
+    assert!(
+        log.contains("reused"),
+        "the second agent took over the pinned link:\n{log}"
+    );
     second.stop(Duration::from_secs(5));
 }
 
@@ -214,12 +270,22 @@ fn a_dead_agent_stops_answering_after_the_heartbeat_timeout() {
     agent.signal(libc::SIGKILL);
     agent.stop(Duration::from_secs(1));
     // Timeout 2 s: still answering right after the kill, silent a little after the timeout.
-    assert!(prober.probe(VIP, Duration::from_millis(200)).is_some(), "answers during the grace period");
+    assert!(
+        prober.probe(VIP, Duration::from_millis(200)).is_some(),
+        "answers during the grace period"
+    );
     std::thread::sleep(Duration::from_millis(2600));
-    assert_eq!(prober.probe(VIP, Duration::from_millis(500)), None, "a dead agent must stop answering");
+    assert_eq!(
+        prober.probe(VIP, Duration::from_millis(500)),
+        None,
+        "a dead agent must stop answering"
+    );
     let status = lab.status();
     assert_eq!(status["heartbeat"]["fresh"], false);
-    assert!(status["counters"]["stale_heartbeat"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        status["counters"]["stale_heartbeat"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
 }
 
 #[test]
@@ -230,17 +296,30 @@ fn manifest_changes_take_and_release_vips_with_gratuitous_arp() {
     lab.wait_answering(&prober, &mut agent);
     let new_vip = Ipv4Addr::new(203, 0, 113, 20);
     let listener = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
-    std::fs::write(lab.manifests.join("api.yaml"), service_manifest("api", &[&new_vip.to_string()])).unwrap();
+    std::fs::write(
+        lab.manifests.join("api.yaml"),
+        service_manifest("api", &[&new_vip.to_string()]),
+    )
+    .unwrap();
     let (count, mac) = listener.gratuitous_seen(new_vip, Duration::from_secs(4));
-    assert!(count >= 2, "expected repeated gratuitous ARPs for {new_vip}, saw {count}");
+    assert!(
+        count >= 2,
+        "expected repeated gratuitous ARPs for {new_vip}, saw {count}"
+    );
     assert_eq!(mac, Some(lab.node.mac("eth0")));
     assert!(prober.probe(new_vip, Duration::from_millis(300)).is_some());
 
     std::fs::remove_file(lab.manifests.join("api.yaml")).unwrap();
     wait_for("the VIP to be released", Duration::from_secs(5), || {
-        prober.probe(new_vip, Duration::from_millis(200)).is_none().then_some(())
+        prober
+            .probe(new_vip, Duration::from_millis(200))
+            .is_none()
+            .then_some(())
     });
-    assert!(prober.probe(VIP, Duration::from_millis(300)).is_some(), "the other VIP stays");
+    assert!(
+        prober.probe(VIP, Duration::from_millis(300)).is_some(),
+        "the other VIP stays"
+    );
     agent.stop(Duration::from_secs(5));
 }
 
@@ -251,10 +330,15 @@ fn cleanup_on_exit_detaches_and_unpins() {
     let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
     lab.wait_answering(&prober, &mut agent);
     assert!(lab.node.ip(&["link", "show", "eth0"]).contains("xdp"));
-    let status = agent.stop(Duration::from_secs(5)).expect("agent exit status");
+    let status = agent
+        .stop(Duration::from_secs(5))
+        .expect("agent exit status");
     assert!(status.success(), "clean exit: {status}");
     assert!(!lab.bpffs.path().exists(), "pins removed");
-    assert!(!lab.node.ip(&["link", "show", "eth0"]).contains("xdp"), "XDP detached");
+    assert!(
+        !lab.node.ip(&["link", "show", "eth0"]).contains("xdp"),
+        "XDP detached"
+    );
     assert_eq!(prober.probe(VIP, Duration::from_millis(300)), None);
 }
 
@@ -263,20 +347,50 @@ fn bad_input_exits_2_and_attaches_nothing() {
     let lab = lab("badinput");
     let out = agent::run(
         &lab.node,
-        &["run", "--manifests", lab.manifests.to_str().unwrap(), "--node-name", NODE, "--interface", "nope0", "--bpffs-dir", lab.bpffs.as_str()],
+        &[
+            "run",
+            "--manifests",
+            lab.manifests.to_str().unwrap(),
+            "--node-name",
+            NODE,
+            "--interface",
+            "nope0",
+            "--bpffs-dir",
+            lab.bpffs.as_str(),
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("interfaces[0]"), "names the field: {stderr}");
+    assert!(
+        stderr.contains("interfaces[0]"),
+        "names the field: {stderr}"
+    );
     assert!(!lab.bpffs.path().exists(), "nothing pinned");
-    assert!(!lab.node.ip(&["link", "show", "eth0"]).contains("xdp"), "nothing attached");
+    assert!(
+        !lab.node.ip(&["link", "show", "eth0"]).contains("xdp"),
+        "nothing attached"
+    );
 
     let config = lab.lab.path("bad.yaml");
     std::fs::write(&config, "interfaces: [eth0]\nbgp: {asn: 65100, peers: [{address: 10.0.0.1, asn: 65000, holdTime: 1s}]}\n").unwrap();
-    let out = agent::run(&lab.node, &["run", "--config", config.to_str().unwrap(), "--manifests", lab.manifests.to_str().unwrap(), "--bpffs-dir", lab.bpffs.as_str()]);
+    let out = agent::run(
+        &lab.node,
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--manifests",
+            lab.manifests.to_str().unwrap(),
+            "--bpffs-dir",
+            lab.bpffs.as_str(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("bgp.peers[0].holdTime"), "names the field: {stderr}");
+    assert!(
+        stderr.contains("bgp.peers[0].holdTime"),
+        "names the field: {stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(!lab.bpffs.path().exists(), "nothing pinned");
 }
@@ -293,7 +407,11 @@ fn bpftool_prints_named_fields_of_the_pinned_maps() {
             .arg(Path::new(lab.bpffs.path()).join(map))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let vips = dump("vipwire_l2_vip4_v1");
@@ -301,14 +419,24 @@ fn bpftool_prints_named_fields_of_the_pinned_maps() {
         assert!(vips.contains(field), "bpftool output lacks {field}: {vips}");
     }
     let control = dump("vipwire_control_v1");
-    assert!(control.contains("heartbeat_ns") && control.contains("contract_version"), "{control}");
+    assert!(
+        control.contains("heartbeat_ns") && control.contains("contract_version"),
+        "{control}"
+    );
     agent.stop(Duration::from_secs(5));
 }
 
 impl Lab {
     fn status(&self) -> serde_json::Value {
-        let out = agent::run(&self.node, &["status", "--json", "--bpffs-dir", self.bpffs.as_str()]);
-        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        let out = agent::run(
+            &self.node,
+            &["status", "--json", "--bpffs-dir", self.bpffs.as_str()],
+        );
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 }
@@ -333,5 +461,8 @@ fn vip_answered(status: &serde_json::Value) -> u64 {
 }
 
 fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -137,8 +137,7 @@ fn model_ns(frame: &[u8], ifindex: u32) -> Option<Vec<u8>> {
     let eth_dst = mac_at(frame, 0);
     let eth_src = mac_at(frame, 6);
     let valid = icmp.len() == payload_len
-        && payload_len >= 24
-        && payload_len <= 24 + 32
+        && (24..=24 + 32).contains(&payload_len)
         && frame[55] == 0
         && frame[21] == 255
         && !is_group(eth_src)

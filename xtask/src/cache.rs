@@ -14,7 +14,9 @@ pub fn root() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir).join("vipwire"));
     }
     let Some(home) = std::env::var_os("HOME") else {
-        bail!("neither VIPWIRE_CACHE_DIR, XDG_CACHE_HOME nor HOME is set: no place for the tool cache");
+        bail!(
+            "neither VIPWIRE_CACHE_DIR, XDG_CACHE_HOME nor HOME is set: no place for the tool cache"
+        );
     };
     Ok(PathBuf::from(home).join(".cache/vipwire"))
 }

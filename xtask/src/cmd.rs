@@ -70,6 +70,7 @@ impl Cmd {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        String::from_utf8(output.stdout).with_context(|| format!("`{}`: non-UTF-8 output", self.shown))
+        String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}`: non-UTF-8 output", self.shown))
     }
 }

@@ -119,7 +119,13 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // does not build for another package's tests.
     Cmd::new("cargo").args(["build", "-p", "vipwire"]).run()?;
     Cmd::new("cargo")
-        .args(["test", "--workspace", "--exclude", "vipwire-ebpf", "--no-fail-fast"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "vipwire-ebpf",
+            "--no-fail-fast",
+        ])
         .env("VIPWIRE_TOOLS_DIR", cache::bin_dir()?)
         .arg("--")
         .args(extra)
@@ -130,7 +136,15 @@ fn bench(area: &str) -> anyhow::Result<()> {
     require_root("bench")?;
     setup::preflight()?;
     Cmd::new("cargo")
-        .args(["run", "--release", "-p", "vipwire-tests", "--bin", "vipwire-bench", "--"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "vipwire-tests",
+            "--bin",
+            "vipwire-bench",
+            "--",
+        ])
         .arg(area)
         .env("VIPWIRE_TOOLS_DIR", cache::bin_dir()?)
         .run()

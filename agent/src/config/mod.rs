@@ -205,18 +205,29 @@ fn validate(
         .or(raw.node_name)
         .or(default_node)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| invalid("nodeName", "not set (flag --node-name, $NODE_NAME or hostname)"))?;
+        .ok_or_else(|| {
+            invalid(
+                "nodeName",
+                "not set (flag --node-name, $NODE_NAME or hostname)",
+            )
+        })?;
     let interfaces = if overrides.interfaces.is_empty() {
         raw.interfaces
     } else {
         overrides.interfaces
     };
     if interfaces.is_empty() {
-        return Err(invalid("interfaces", "at least one interface is required (--interface IF)"));
+        return Err(invalid(
+            "interfaces",
+            "at least one interface is required (--interface IF)",
+        ));
     }
     for (i, name) in interfaces.iter().enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
-            return Err(invalid(format!("interfaces[{i}]"), format!("{name:?} is not an interface name")));
+            return Err(invalid(
+                format!("interfaces[{i}]"),
+                format!("{name:?} is not an interface name"),
+            ));
         }
     }
     let l2 = raw.l2.unwrap_or(RawL2 {
@@ -234,7 +245,10 @@ fn validate(
     let admin_listen = match overrides.admin_listen {
         Some(addr) => addr,
         None => {
-            let text = raw.admin.and_then(|a| a.listen).unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+            let text = raw
+                .admin
+                .and_then(|a| a.listen)
+                .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
             text.parse()
                 .map_err(|_| invalid("admin.listen", format!("{text:?} is not an address:port")))?
         }
@@ -280,7 +294,10 @@ fn validate_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
         .enumerate()
         .map(|(i, c)| {
             parse_community(c).ok_or_else(|| {
-                invalid(format!("bgp.advertisement.communities[{i}]"), format!("{c:?} is not ASN:VALUE (two 16-bit numbers)"))
+                invalid(
+                    format!("bgp.advertisement.communities[{i}]"),
+                    format!("{c:?} is not ASN:VALUE (two 16-bit numbers)"),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -290,7 +307,10 @@ fn validate_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
         .enumerate()
         .map(|(i, c)| {
             parse_large_community(c).ok_or_else(|| {
-                invalid(format!("bgp.advertisement.largeCommunities[{i}]"), format!("{c:?} is not A:B:C (three 32-bit numbers)"))
+                invalid(
+                    format!("bgp.advertisement.largeCommunities[{i}]"),
+                    format!("{c:?} is not A:B:C (three 32-bit numbers)"),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -308,10 +328,12 @@ fn validate_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
 
 fn validate_peer(i: usize, raw: RawPeer) -> Result<PeerConfig, ConfigError> {
     let field = |name: &str| format!("bgp.peers[{i}].{name}");
-    let address = raw
-        .address
-        .parse()
-        .map_err(|_| invalid(field("address"), format!("{:?} is not an IP address", raw.address)))?;
+    let address = raw.address.parse().map_err(|_| {
+        invalid(
+            field("address"),
+            format!("{:?} is not an IP address", raw.address),
+        )
+    })?;
     if raw.asn == 0 {
         return Err(invalid(field("asn"), "0 is not a valid AS number"));
     }
@@ -324,14 +346,20 @@ fn validate_peer(i: usize, raw: RawPeer) -> Result<PeerConfig, ConfigError> {
         return Err(invalid(field("holdTime"), "must be 0 or at least 3s"));
     }
     if hold_time.subsec_nanos() != 0 || hold_time.as_secs() > u64::from(u16::MAX) {
-        return Err(invalid(field("holdTime"), "must be whole seconds, at most 65535s"));
+        return Err(invalid(
+            field("holdTime"),
+            "must be whole seconds, at most 65535s",
+        ));
     }
     let keepalive_time = match &raw.keepalive_time {
         Some(text) => duration(&field("keepaliveTime"), text)?,
         None => hold_time / 3,
     };
     if hold_time != Duration::ZERO && keepalive_time >= hold_time {
-        return Err(invalid(field("keepaliveTime"), "must be shorter than holdTime"));
+        return Err(invalid(
+            field("keepaliveTime"),
+            "must be shorter than holdTime",
+        ));
     }
     if let Some(password) = &raw.password
         && (password.is_empty() || password.len() > 80)
@@ -351,8 +379,12 @@ fn validate_peer(i: usize, raw: RawPeer) -> Result<PeerConfig, ConfigError> {
 
 /// `9s`, `500ms`, `1m30s`.
 fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text)
-        .map_err(|_| invalid(field, format!("{text:?} is not a duration (e.g. 9s, 500ms)")))
+    humantime::parse_duration(text).map_err(|_| {
+        invalid(
+            field,
+            format!("{text:?} is not a duration (e.g. 9s, 500ms)"),
+        )
+    })
 }
 
 fn parse_community(text: &str) -> Option<(u16, u16)> {
@@ -362,7 +394,11 @@ fn parse_community(text: &str) -> Option<(u16, u16)> {
 
 fn parse_large_community(text: &str) -> Option<(u32, u32, u32)> {
     let mut parts = text.split(':');
-    let parsed = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    let parsed = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
     parts.next().is_none().then_some(parsed)
 }
 

@@ -33,7 +33,9 @@ fn load_text(text: &str, overrides: Overrides) -> Result<Config, ConfigError> {
 }
 
 fn error_of(text: &str) -> String {
-    load_text(text, Overrides::default()).unwrap_err().to_string()
+    load_text(text, Overrides::default())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -110,21 +112,57 @@ fn bad_input_names_the_field() {
         ("interfaces: []\n", "interfaces"),
         ("interfaces: [\"this-name-is-too-long\"]\n", "interfaces[0]"),
         ("interfaces: [eth0]\nbgp: {asn: 0}\n", "bgp.asn"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, routerId: nope}\n", "bgp.routerId"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: x, asn: 2}]}\n", "bgp.peers[0].address"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1, asn: 2, holdTime: 2s}]}\n", "bgp.peers[0].holdTime"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1, asn: 2, holdTime: 9s, keepaliveTime: 9s}]}\n", "bgp.peers[0].keepaliveTime"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1, asn: 2, holdTime: soon}]}\n", "bgp.peers[0].holdTime"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, advertisement: {communities: ['70000:1']}}\n", "bgp.advertisement.communities[0]"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, advertisement: {largeCommunities: ['1:2']}}\n", "bgp.advertisement.largeCommunities[0]"),
-        ("interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1}]}\n", "asn"),
-        ("interfaces: [eth0]\nadmin: {listen: localhost}\n", "admin.listen"),
-        ("interfaces: [eth0]\nl2: {heartbeatTimeout: 10ms}\n", "l2.heartbeatTimeout"),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, routerId: nope}\n",
+            "bgp.routerId",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: x, asn: 2}]}\n",
+            "bgp.peers[0].address",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1, asn: 2, holdTime: 2s}]}\n",
+            "bgp.peers[0].holdTime",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1, asn: 2, holdTime: 9s, keepaliveTime: 9s}]}\n",
+            "bgp.peers[0].keepaliveTime",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1, asn: 2, holdTime: soon}]}\n",
+            "bgp.peers[0].holdTime",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, advertisement: {communities: ['70000:1']}}\n",
+            "bgp.advertisement.communities[0]",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, advertisement: {largeCommunities: ['1:2']}}\n",
+            "bgp.advertisement.largeCommunities[0]",
+        ),
+        (
+            "interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 10.0.0.1}]}\n",
+            "asn",
+        ),
+        (
+            "interfaces: [eth0]\nadmin: {listen: localhost}\n",
+            "admin.listen",
+        ),
+        (
+            "interfaces: [eth0]\nl2: {heartbeatTimeout: 10ms}\n",
+            "l2.heartbeatTimeout",
+        ),
         ("interfaces: eth0\n", "interfaces"),
     ];
     for (text, field) in cases {
         let message = error_of(text);
-        assert!(message.contains(field), "{text:?}: {message:?} does not name {field}");
-        assert!(!message.contains('\n'), "{text:?}: error is not one line: {message:?}");
+        assert!(
+            message.contains(field),
+            "{text:?}: {message:?} does not name {field}"
+        );
+        assert!(
+            !message.contains('\n'),
+            "{text:?}: error is not one line: {message:?}"
+        );
     }
 }

@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn refresh_interval_is_a_quarter_of_the_timeout_with_a_floor() {
         assert_eq!(interval(Duration::from_secs(4)), Duration::from_secs(1));
-        assert_eq!(interval(Duration::from_millis(200)), Duration::from_millis(100));
+        assert_eq!(
+            interval(Duration::from_millis(200)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

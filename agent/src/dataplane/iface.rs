@@ -12,9 +12,8 @@ pub struct IfaceInfo {
 
 /// Looks up `name` in the current network namespace.
 pub fn lookup(name: &str) -> io::Result<IfaceInfo> {
-    let ifindex = nix::net::if_::if_nametoindex(name).map_err(|e| {
-        io::Error::new(io::ErrorKind::NotFound, format!("interface {name}: {e}"))
-    })?;
+    let ifindex = nix::net::if_::if_nametoindex(name)
+        .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("interface {name}: {e}")))?;
     Ok(IfaceInfo {
         ifindex,
         mac: hardware_address(name)?,
@@ -36,7 +35,10 @@ pub fn name_of(ifindex: u32) -> Option<String> {
 
 fn hardware_address(name: &str) -> io::Result<[u8; 6]> {
     if name.len() >= libc::IF_NAMESIZE {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?} is too long")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} is too long"),
+        ));
     }
     // SAFETY: plain socket(2) call; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

@@ -92,12 +92,16 @@ pub fn apply(ebpf: &mut Ebpf, desired: &BTreeSet<L2Entry>) -> Result<L2Delta, L2
 }
 
 fn v4(ebpf: &mut Ebpf) -> Result<PerCpuHashMap<&mut MapData, L2Vip4Key, L2VipStats>, L2Error> {
-    let map = ebpf.map_mut(maps::L2_VIP4).ok_or(L2Error::MissingMap(maps::L2_VIP4))?;
+    let map = ebpf
+        .map_mut(maps::L2_VIP4)
+        .ok_or(L2Error::MissingMap(maps::L2_VIP4))?;
     PerCpuHashMap::try_from(map).map_err(|source| map_error(maps::L2_VIP4, source))
 }
 
 fn v6(ebpf: &mut Ebpf) -> Result<PerCpuHashMap<&mut MapData, L2Vip6Key, L2VipStats>, L2Error> {
-    let map = ebpf.map_mut(maps::L2_VIP6).ok_or(L2Error::MissingMap(maps::L2_VIP6))?;
+    let map = ebpf
+        .map_mut(maps::L2_VIP6)
+        .ok_or(L2Error::MissingMap(maps::L2_VIP6))?;
     PerCpuHashMap::try_from(map).map_err(|source| map_error(maps::L2_VIP6, source))
 }
 
@@ -145,8 +149,18 @@ mod tests {
 
     #[test]
     fn diff_adds_the_missing_and_removes_the_unwanted_only() {
-        let current: BTreeSet<_> = [entry("203.0.113.1", 2), entry("203.0.113.2", 2), entry("fd00::1", 2)].into();
-        let desired: BTreeSet<_> = [entry("203.0.113.2", 2), entry("fd00::1", 2), entry("203.0.113.1", 3)].into();
+        let current: BTreeSet<_> = [
+            entry("203.0.113.1", 2),
+            entry("203.0.113.2", 2),
+            entry("fd00::1", 2),
+        ]
+        .into();
+        let desired: BTreeSet<_> = [
+            entry("203.0.113.2", 2),
+            entry("fd00::1", 2),
+            entry("203.0.113.1", 3),
+        ]
+        .into();
         let delta = diff(&current, &desired);
         assert_eq!(delta.added, [entry("203.0.113.1", 3)]);
         assert_eq!(delta.removed, [entry("203.0.113.1", 2)]);

@@ -116,14 +116,21 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads `object` with every contract map pinned under `paths` (reusing maps an earlier
     /// agent pinned), the BPF log level set to `log_level`, and verifies the program.
-    pub fn open(object: &[u8], paths: PinPaths, log_level: aya_log::Level) -> Result<Self, LoaderError> {
+    pub fn open(
+        object: &[u8],
+        paths: PinPaths,
+        log_level: aya_log::Level,
+    ) -> Result<Self, LoaderError> {
         paths.ensure().map_err(|source| LoaderError::Bpffs {
             dir: paths.dir().display().to_string(),
             source,
         })?;
         drop_incompatible_counters(&paths);
         let level = log_level as u8;
-        let pin_paths: Vec<_> = maps::ALL.iter().map(|name| (*name, paths.map(name))).collect();
+        let pin_paths: Vec<_> = maps::ALL
+            .iter()
+            .map(|name| (*name, paths.map(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, true);
         for (name, path) in &pin_paths {
@@ -175,7 +182,12 @@ impl Dataplane {
                 name: maps::IFACES,
                 source,
             })?;
-        tracing::info!(interface, ifindex = info.ifindex, mode = mode.as_str(), "XDP program attached");
+        tracing::info!(
+            interface,
+            ifindex = info.ifindex,
+            mode = mode.as_str(),
+            "XDP program attached"
+        );
         let attachment = Attachment {
             interface: interface.to_owned(),
             ifindex: info.ifindex,
@@ -196,14 +208,21 @@ impl Dataplane {
                 if let Some(interface) = name.strip_prefix("xdp_")
                     && !keep.contains(interface)
                 {
-                    tracing::info!(interface, "detaching XDP from an interface no longer configured");
+                    tracing::info!(
+                        interface,
+                        "detaching XDP from an interface no longer configured"
+                    );
                     unpin_link(&entry.path())?;
                 }
             }
         }
         let keep: BTreeSet<u32> = self.attached.iter().map(|a| a.ifindex).collect();
         let mut ifaces = self.ifaces_map()?;
-        let stale: Vec<u32> = ifaces.keys().filter_map(Result::ok).filter(|i| !keep.contains(i)).collect();
+        let stale: Vec<u32> = ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !keep.contains(i))
+            .collect();
         for ifindex in stale {
             let _ = ifaces.remove(&ifindex);
         }
@@ -279,7 +298,11 @@ fn reuse_link(program: &mut Xdp, path: &std::path::Path) -> Result<(), LoaderErr
         })
 }
 
-fn attach_new(program: &mut Xdp, interface: &str, link_path: &std::path::Path) -> Result<AttachMode, LoaderError> {
+fn attach_new(
+    program: &mut Xdp,
+    interface: &str,
+    link_path: &std::path::Path,
+) -> Result<AttachMode, LoaderError> {
     let attach_error = |source| LoaderError::Attach {
         interface: interface.to_owned(),
         source,
@@ -288,7 +311,12 @@ fn attach_new(program: &mut Xdp, interface: &str, link_path: &std::path::Path) -
         Ok(id) => (AttachMode::Native, id),
         Err(native_error) => {
             tracing::warn!(interface, error = %native_error, "native XDP attach failed; falling back to generic mode");
-            (AttachMode::Generic, program.attach(interface, XdpMode::Skb).map_err(attach_error)?)
+            (
+                AttachMode::Generic,
+                program
+                    .attach(interface, XdpMode::Skb)
+                    .map_err(attach_error)?,
+            )
         }
     };
     let link = program.take_link(id).map_err(attach_error)?;

@@ -36,7 +36,8 @@ pub fn spawn_forwarder(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>, a
     Ok(tokio::spawn(async move {
         // SAFETY: the logger owns the ring buffer's fd, which stays open and the same for as
         // long as the AsyncFd (which owns the logger) lives.
-        let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+        let registered =
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
         let Ok(mut fd) = registered else {
             tracing::warn!("cannot poll the BPF log ring buffer; BPF logs are not forwarded");
             return;

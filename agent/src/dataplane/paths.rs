@@ -87,6 +87,9 @@ mod tests {
             paths.map("vipwire_counters_v1"),
             Path::new("/sys/fs/bpf/vipwire/vipwire_counters_v1")
         );
-        assert_eq!(paths.xdp_link("eth0"), Path::new("/sys/fs/bpf/vipwire/links/xdp_eth0"));
+        assert_eq!(
+            paths.xdp_link("eth0"),
+            Path::new("/sys/fs/bpf/vipwire/links/xdp_eth0")
+        );
     }
 }

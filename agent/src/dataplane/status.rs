@@ -65,7 +65,10 @@ pub struct VipStatus {
 pub fn read(paths: &PinPaths) -> Result<DataplaneStatus, StatusError> {
     let control = Array::<_, Control>::try_from(open(paths, maps::CONTROL)?)
         .and_then(|a| a.get(&0, 0))
-        .map_err(|source| StatusError::Read { name: maps::CONTROL, source })?;
+        .map_err(|source| StatusError::Read {
+            name: maps::CONTROL,
+            source,
+        })?;
     let now = heartbeat::monotonic_ns();
     let age_ns = (control.heartbeat_ns != 0).then(|| now.saturating_sub(control.heartbeat_ns));
     let heartbeat = HeartbeatStatus {
@@ -76,11 +79,19 @@ pub fn read(paths: &PinPaths) -> Result<DataplaneStatus, StatusError> {
         contract_version: control.contract_version,
     };
 
-    let ifaces = HashMap::<_, u32, Iface>::try_from(open(paths, maps::IFACES)?)
-        .map_err(|source| StatusError::Read { name: maps::IFACES, source })?;
+    let ifaces =
+        HashMap::<_, u32, Iface>::try_from(open(paths, maps::IFACES)?).map_err(|source| {
+            StatusError::Read {
+                name: maps::IFACES,
+                source,
+            }
+        })?;
     let mut interfaces: BTreeMap<u32, InterfaceStatus> = BTreeMap::new();
     for item in ifaces.iter() {
-        let (ifindex, iface) = item.map_err(|source| StatusError::Read { name: maps::IFACES, source })?;
+        let (ifindex, iface) = item.map_err(|source| StatusError::Read {
+            name: maps::IFACES,
+            source,
+        })?;
         interfaces.insert(
             ifindex,
             InterfaceStatus {
@@ -104,25 +115,53 @@ pub fn read(paths: &PinPaths) -> Result<DataplaneStatus, StatusError> {
             .push(VipStatus { address, answered });
     };
     let v4 = PerCpuHashMap::<_, L2Vip4Key, L2VipStats>::try_from(open(paths, maps::L2_VIP4)?)
-        .map_err(|source| StatusError::Read { name: maps::L2_VIP4, source })?;
+        .map_err(|source| StatusError::Read {
+            name: maps::L2_VIP4,
+            source,
+        })?;
     for item in v4.iter() {
-        let (key, stats) = item.map_err(|source| StatusError::Read { name: maps::L2_VIP4, source })?;
-        add_vip(key.ifindex, IpAddr::from(key.addr_be), stats.iter().map(|s| s.answered).sum());
+        let (key, stats) = item.map_err(|source| StatusError::Read {
+            name: maps::L2_VIP4,
+            source,
+        })?;
+        add_vip(
+            key.ifindex,
+            IpAddr::from(key.addr_be),
+            stats.iter().map(|s| s.answered).sum(),
+        );
     }
     let v6 = PerCpuHashMap::<_, L2Vip6Key, L2VipStats>::try_from(open(paths, maps::L2_VIP6)?)
-        .map_err(|source| StatusError::Read { name: maps::L2_VIP6, source })?;
+        .map_err(|source| StatusError::Read {
+            name: maps::L2_VIP6,
+            source,
+        })?;
     for item in v6.iter() {
-        let (key, stats) = item.map_err(|source| StatusError::Read { name: maps::L2_VIP6, source })?;
-        add_vip(key.ifindex, IpAddr::from(key.addr_be), stats.iter().map(|s| s.answered).sum());
+        let (key, stats) = item.map_err(|source| StatusError::Read {
+            name: maps::L2_VIP6,
+            source,
+        })?;
+        add_vip(
+            key.ifindex,
+            IpAddr::from(key.addr_be),
+            stats.iter().map(|s| s.answered).sum(),
+        );
     }
 
-    let counters_map = PerCpuArray::<_, u64>::try_from(open(paths, maps::COUNTERS)?)
-        .map_err(|source| StatusError::Read { name: maps::COUNTERS, source })?;
+    let counters_map =
+        PerCpuArray::<_, u64>::try_from(open(paths, maps::COUNTERS)?).map_err(|source| {
+            StatusError::Read {
+                name: maps::COUNTERS,
+                source,
+            }
+        })?;
     let mut counters = BTreeMap::new();
     for reason in Reason::ALL {
         let values = counters_map
             .get(&(reason as u32), 0)
-            .map_err(|source| StatusError::Read { name: maps::COUNTERS, source })?;
+            .map_err(|source| StatusError::Read {
+                name: maps::COUNTERS,
+                source,
+            })?;
         counters.insert(reason.name(), values.iter().sum());
     }
 
@@ -143,11 +182,18 @@ impl DataplaneStatus {
     /// The human-readable form of `vipwire status`.
     pub fn to_text(&self) -> String {
         let mut out = format!("dataplane (read from pinned maps in {})\n", self.bpffs_dir);
-        let age = self.heartbeat.age_ms.map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
+        let age = self
+            .heartbeat
+            .age_ms
+            .map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
         out.push_str(&format!(
             "heartbeat: {age} (stale after {} ms) -> {}\n",
             self.heartbeat.stale_after_ms,
-            if self.heartbeat.fresh { "answering" } else { "NOT answering" }
+            if self.heartbeat.fresh {
+                "answering"
+            } else {
+                "NOT answering"
+            }
         ));
         for i in &self.interfaces {
             out.push_str(&format!(
@@ -157,7 +203,10 @@ impl DataplaneStatus {
                 i.mac
             ));
             for vip in &i.vips {
-                out.push_str(&format!("  {:<40} answered {}\n", vip.address, vip.answered));
+                out.push_str(&format!(
+                    "  {:<40} answered {}\n",
+                    vip.address, vip.answered
+                ));
             }
         }
         out.push_str("counters:\n");
@@ -179,5 +228,8 @@ fn open(paths: &PinPaths, name: &'static str) -> Result<Map, StatusError> {
 }
 
 fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -1,14 +1,12 @@
 //! EndpointSlices: joining them to Services, reading endpoint conditions, resolving ports.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 
 use super::{
     Backend, BackendState, Protocol, TargetPort, Warning,
+    fnv::FnvHashMap,
     services::{PortSpec, valid_port},
 };
 use crate::snapshot::{ObjectKey, Snapshot};
@@ -20,12 +18,12 @@ type SliceRef<'a> = (&'a ObjectKey, &'a EndpointSlice);
 
 /// Slices grouped by the Service they belong to, each group in key order.
 pub(super) struct SliceIndex<'a> {
-    by_service: HashMap<(&'a str, &'a str), Vec<SliceRef<'a>>>,
+    by_service: FnvHashMap<(&'a str, &'a str), Vec<SliceRef<'a>>>,
 }
 
 impl<'a> SliceIndex<'a> {
     pub(super) fn new(snapshot: &'a Snapshot) -> Self {
-        let mut by_service: HashMap<_, Vec<_>> = HashMap::new();
+        let mut by_service: FnvHashMap<_, Vec<_>> = FnvHashMap::default();
         for (key, slice) in &snapshot.endpoint_slices {
             let service = slice
                 .metadata
@@ -83,8 +81,8 @@ fn address(endpoint: &Endpoint, ipv4: bool) -> Option<IpAddr> {
 pub(super) struct FamilySummary<'a> {
     /// At least one active endpoint anywhere (with or without a node).
     pub any_active: bool,
-    /// Nodes with at least one active endpoint.
-    pub active_nodes: BTreeSet<&'a str>,
+    /// Nodes with at least one active endpoint, sorted, without duplicates.
+    pub active_nodes: Vec<&'a str>,
 }
 
 #[derive(Debug, Default)]
@@ -123,9 +121,13 @@ pub(super) fn summarize<'a>(slices: &[SliceRef<'a>], warnings: &mut Vec<Warning>
             }
             family.any_active = true;
             if let Some(node) = endpoint.node_name.as_deref() {
-                family.active_nodes.insert(node);
+                family.active_nodes.push(node);
             }
         }
+    }
+    for family in [&mut summary.v4, &mut summary.v6] {
+        family.active_nodes.sort_unstable();
+        family.active_nodes.dedup();
     }
     summary
 }

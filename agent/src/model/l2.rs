@@ -19,26 +19,19 @@
 //! FNV-1a of names that differ only in their last byte (`node-1`, `node-2`, ...) orders them by
 //! a few bits of the VIP, so one node would win far more than its share.
 
-use std::net::IpAddr;
+use std::{hash::Hasher, net::IpAddr};
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+use super::fnv::Fnv1a;
 
 /// The rendezvous score of `node` for `vip` (see the module docs).
 pub fn score(vip: IpAddr, node: &str) -> u64 {
-    let mut hash = FNV_OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for &byte in bytes {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(FNV_PRIME);
-        }
-    };
+    let mut hash = Fnv1a::default();
     match vip {
-        IpAddr::V4(v4) => feed(&v4.octets()),
-        IpAddr::V6(v6) => feed(&v6.octets()),
+        IpAddr::V4(v4) => hash.write(&v4.octets()),
+        IpAddr::V6(v6) => hash.write(&v6.octets()),
     }
-    feed(node.as_bytes());
-    fmix64(hash)
+    hash.write(node.as_bytes());
+    fmix64(hash.finish())
 }
 
 fn fmix64(mut h: u64) -> u64 {
@@ -61,4 +54,18 @@ pub fn owner<'a>(vip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> 
             if better { next } else { best }
         })
         .map(|(_, node)| node)
+}
+
+/// Whether `node` is [`owner`] of `vip` among `candidates`, which must include `node`.
+/// Cheaper than [`owner`]: it stops at the first candidate that beats `node`.
+pub fn is_owner<'a>(
+    vip: IpAddr,
+    node: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> bool {
+    let mine = score(vip, node);
+    candidates.into_iter().all(|other| {
+        let theirs = score(vip, other);
+        theirs < mine || (theirs == mine && node <= other)
+    })
 }

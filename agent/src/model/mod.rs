@@ -28,6 +28,7 @@
 //! - L2: among the nodes eligible for a VIP, the winner of [`l2::owner`] answers ARP/NDP.
 
 mod endpoints;
+mod fnv;
 pub mod l2;
 mod nodes;
 mod services;
@@ -266,36 +267,41 @@ pub fn desired(node: &str, snapshot: &Snapshot, config: &ModelConfig) -> Desired
 
     let mut l2 = BTreeSet::new();
     let mut bgp = BTreeSet::new();
-    for (&vip, indexes) in &claimants {
+    // An ineligible node owns nothing.
+    let candidates = if this_node == NodeState::Eligible {
+        &claimants
+    } else {
+        &BTreeMap::new()
+    };
+    for (&vip, indexes) in candidates {
         // Nodes that may attract this VIP's traffic: every eligible node when a `Cluster`
         // Service with live endpoints uses it, else the nodes with active local endpoints.
         let mut cluster_wide = false;
-        let mut local_nodes = BTreeSet::new();
+        let mut local_nodes = Vec::new();
         for &i in indexes {
             let summary = summaries[i].family(vip);
             match selected[i].traffic_policy {
                 TrafficPolicy::Cluster => cluster_wide |= summary.any_active,
-                TrafficPolicy::Local => local_nodes.extend(summary.active_nodes.iter().copied()),
+                TrafficPolicy::Local => local_nodes.extend_from_slice(&summary.active_nodes),
             }
         }
-        if !nodes.is_eligible(node) || !(cluster_wide || local_nodes.contains(node)) {
+        if !cluster_wide && !local_nodes.contains(&node) {
             continue;
         }
         if config.bgp_enabled {
             bgp.insert(vip);
         }
-        if config.l2_enabled {
-            let owner = if cluster_wide {
-                l2::owner(vip, nodes.eligible())
-            } else {
-                l2::owner(
-                    vip,
-                    local_nodes.into_iter().filter(|n| nodes.is_eligible(n)),
-                )
-            };
-            if owner == Some(node) {
-                l2.insert(vip);
-            }
+        if !config.l2_enabled {
+            continue;
+        }
+        let owner = if cluster_wide {
+            l2::is_owner(vip, node, nodes.eligible())
+        } else {
+            let eligible = local_nodes.into_iter().filter(|n| nodes.is_eligible(n));
+            l2::is_owner(vip, node, eligible)
+        };
+        if owner {
+            l2.insert(vip);
         }
     }
 

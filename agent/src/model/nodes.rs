@@ -1,9 +1,8 @@
 //! Which nodes may own VIPs.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::Node;
 
+use super::fnv::FnvHashMap;
 use crate::snapshot::Snapshot;
 
 /// The upstream well-known label that takes a node out of every load balancer's pool.
@@ -54,17 +53,26 @@ impl NodeState {
 
 /// Every node's state, looked up by name.
 pub(super) struct NodeIndex<'a> {
-    states: BTreeMap<&'a str, NodeState>,
+    states: FnvHashMap<&'a str, NodeState>,
+    /// In name order.
+    eligible: Vec<&'a str>,
 }
 
 impl<'a> NodeIndex<'a> {
     pub(super) fn new(snapshot: &'a Snapshot) -> Self {
-        let states = snapshot
+        let states: FnvHashMap<_, _> = snapshot
             .nodes
             .iter()
             .map(|(name, node)| (name.as_str(), NodeState::of(node)))
             .collect();
-        Self { states }
+        // The snapshot's map is ordered by name, so this is too.
+        let eligible = snapshot
+            .nodes
+            .keys()
+            .map(String::as_str)
+            .filter(|name| states[name] == NodeState::Eligible)
+            .collect();
+        Self { states, eligible }
     }
 
     pub(super) fn state(&self, name: &str) -> NodeState {
@@ -77,9 +85,6 @@ impl<'a> NodeIndex<'a> {
 
     /// Names of the eligible nodes, in name order.
     pub(super) fn eligible(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.states
-            .iter()
-            .filter(|(_, state)| **state == NodeState::Eligible)
-            .map(|(name, _)| *name)
+        self.eligible.iter().copied()
     }
 }

@@ -2,6 +2,7 @@
 //! (`--manifests DIR`). Every source delivers whole [`Snapshot`](crate::snapshot::Snapshot)s
 //! over a `tokio::sync::watch` channel, never a partial one, plus a [`SourceStatus`].
 
+pub mod kube;
 pub mod manifests;
 
 pub use self::manifests::{ManifestSource, spawn_manifest_source};

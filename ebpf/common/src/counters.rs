@@ -89,7 +89,10 @@ mod tests {
     fn names_are_unique_snake_case() {
         for (i, a) in Reason::ALL.iter().enumerate() {
             let name = a.name();
-            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
             for b in &Reason::ALL[i + 1..] {
                 assert_ne!(name, b.name());
             }

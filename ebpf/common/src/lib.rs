@@ -17,6 +17,9 @@ pub use l2::{Iface, L2Vip4Key, L2Vip6Key, L2VipStats};
 pub mod programs {
     /// The XDP program attached to every configured uplink interface.
     pub const XDP_UPLINK: &str = "vipwire_xdp";
+    /// An empty program that returns XDP_PASS: the benchmark's baseline and a pass-all program
+    /// for lab veths that stand for a NIC's far end. Never attached by the agent.
+    pub const XDP_PASS_ALL: &str = "vipwire_xdp_pass";
 }
 
 /// Names of the maps, which are also their pin file names under the bpffs directory.

@@ -6,7 +6,7 @@
 /// Adds the big-endian 16-bit words of `bytes` (an even number of them) to `sum`.
 #[inline(always)]
 pub fn add<const N: usize>(mut sum: u32, bytes: &[u8; N]) -> u32 {
-    const { assert!(N % 2 == 0) };
+    const { assert!(N.is_multiple_of(2)) };
     let mut i = 0;
     while i < N {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));

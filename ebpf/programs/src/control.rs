@@ -95,8 +95,6 @@ fn warn_contract_mismatch(ctx: &XdpContext, version: u32) {
 fn warn_stale(ctx: &XdpContext, age_ns: u64, limit_ns: u64) {
     warn!(
         ctx,
-        "agent heartbeat stale ({} ns old, limit {} ns): not answering ARP/NDP",
-        age_ns,
-        limit_ns
+        "agent heartbeat stale ({} ns old, limit {} ns): not answering ARP/NDP", age_ns, limit_ns
     );
 }

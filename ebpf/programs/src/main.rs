@@ -50,6 +50,14 @@ pub fn vipwire_xdp(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
+/// Passes every frame and touches nothing: the baseline of `cargo xtask bench dataplane`, and
+/// the pass-all program a lab veth standing for a NIC's far end carries so that XDP_TX frames
+/// from its peer are delivered (TOOLCHAIN.md). The agent never loads it.
+#[xdp]
+pub fn vipwire_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Verdict {
     let Some(ethertype) = parse::ethertype(ctx) else {

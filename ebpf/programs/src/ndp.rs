@@ -233,8 +233,7 @@ fn options_and_checksum_valid(
 ) -> bool {
     // SAFETY: `ns` was bounds-checked for the whole NsFrame by the caller.
     let (src, dst, fixed) = unsafe {
-        let icmp: *const [u8; ND_FIXED_LEN as usize] =
-            ns.cast::<u8>().add(ICMP_OFFSET).cast();
+        let icmp: *const [u8; ND_FIXED_LEN as usize] = ns.cast::<u8>().add(ICMP_OFFSET).cast();
         ((*ns).ip.src, (*ns).ip.dst, *icmp)
     };
     let mut sum = checksum::pseudo_header(&src, &dst, payload_len, IPPROTO_ICMPV6);

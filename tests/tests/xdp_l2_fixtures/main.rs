@@ -362,13 +362,21 @@ fn per_vip_stats_count_answers_per_interface() {
 }
 
 #[test]
-fn ingress_ifindex_must_name_a_device() {
-    // BPF_PROG_RUN resolves ingress_ifindex in the caller's namespace: a missing device is an
-    // error of the harness call, not a verdict.
+fn prog_run_refuses_missing_devices_and_runt_frames() {
+    // BPF_PROG_RUN resolves ingress_ifindex in the caller's namespace, and an XDP frame must
+    // hold an Ethernet header: both are refused by the kernel, not given to the program.
     let h = XdpHarness::load();
     let frame = Arp::request(CLIENT_MAC, CLIENT4, VIP4).build();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        h.run(&frame, OTHER_IFINDEX)
-    }));
-    assert!(result.is_err(), "ifindex {OTHER_IFINDEX} should not exist");
+    let missing = h
+        .try_run(&frame, OTHER_IFINDEX)
+        .expect_err("ifindex should not exist");
+    assert!(
+        format!("{missing:?}").contains("No such device"),
+        "{missing:?}"
+    );
+    let runt = h
+        .try_run(&frame[..13], LO_IFINDEX)
+        .expect_err("13-byte frame");
+    assert!(format!("{runt:?}").contains("Invalid argument"), "{runt:?}");
+    assert_eq!(h.run(&frame[..14], LO_IFINDEX).verdict, Verdict::Pass);
 }

@@ -40,7 +40,11 @@ pub fn install() -> anyhow::Result<()> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(&debs)? {
         let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         // etcd-server_3.5.16-4_amd64.deb
         if let Some(rest) = name.strip_prefix("etcd-server_") {
             server_version = rest.split('_').next().map(str::to_owned);
@@ -92,21 +96,25 @@ fn private_apt_config(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// The machine's own Debian mirror (from its apt sources), so the private config reaches the
 /// same registry the machine already uses.
 fn debian_mirror() -> String {
-    let mut texts = Vec::new();
-    for path in ["/etc/apt/sources.list"] {
-        texts.extend(std::fs::read_to_string(path).ok());
-    }
+    let mut texts: Vec<String> = std::fs::read_to_string("/etc/apt/sources.list")
+        .into_iter()
+        .collect();
     if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        texts.extend(entries.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()));
+        texts.extend(
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok()),
+        );
     }
     texts
         .iter()
         .flat_map(|t| t.lines())
         .filter_map(|line| {
             let line = line.trim();
-            line.strip_prefix("URIs:")
-                .map(str::trim)
-                .or_else(|| line.strip_prefix("deb ").and_then(|r| r.split_whitespace().find(|w| w.starts_with("http"))))
+            line.strip_prefix("URIs:").map(str::trim).or_else(|| {
+                line.strip_prefix("deb ")
+                    .and_then(|r| r.split_whitespace().find(|w| w.starts_with("http")))
+            })
         })
         .flat_map(str::split_whitespace)
         .find(|uri| uri.trim_end_matches('/').ends_with("/debian"))
@@ -116,7 +124,11 @@ fn debian_mirror() -> String {
 
 fn installed_version(etcd: &Path) -> Option<String> {
     let out = Cmd::new(etcd).arg("--version").output().ok()?;
-    let version = out.lines().find_map(|l| l.strip_prefix("etcd Version: "))?.trim().to_owned();
+    let version = out
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))?
+        .trim()
+        .to_owned();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
     let parsed = (parts.next()??, parts.next()??, parts.next()??);
     (parsed >= MIN_VERSION).then_some(version)
@@ -131,4 +143,3 @@ pub fn link(target: &Path, link: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::symlink(target, link)
         .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
 }
-

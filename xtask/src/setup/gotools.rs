@@ -44,8 +44,12 @@ pub fn install(tool: GoTool) -> anyhow::Result<()> {
     let module_dir = repo_root().join(tool.module_dir);
     let go_mod = std::fs::read_to_string(module_dir.join("go.mod"))
         .with_context(|| format!("reading {}/go.mod", module_dir.display()))?;
-    let version = required_version(&go_mod, tool.versioned_module)
-        .with_context(|| format!("no `require {} vX` in {}/go.mod", tool.versioned_module, tool.module_dir))?;
+    let version = required_version(&go_mod, tool.versioned_module).with_context(|| {
+        format!(
+            "no `require {} vX` in {}/go.mod",
+            tool.versioned_module, tool.module_dir
+        )
+    })?;
     let dir = cache::versioned(tool.name, &version)?;
     let binary = dir.join(tool.name);
     let link = cache::bin_dir()?.join(tool.name);
@@ -109,13 +113,18 @@ fn require_go(go_mod: &str) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let Ok(go) = which::which("go") else {
-        bail!("the Go toolchain (go >= {wanted}) is not on PATH: install Go to build kube-apiserver and helm");
+        bail!(
+            "the Go toolchain (go >= {wanted}) is not on PATH: install Go to build kube-apiserver and helm"
+        );
     };
     let version = Cmd::new(&go).arg("version").output()?;
     let found = found_go_version(&version);
     match (found, parse_go_version(&wanted)) {
         (Some(found), Some(wanted_v)) if found >= wanted_v => Ok(()),
-        _ => bail!("Go >= {wanted} is needed to build kube-apiserver and helm; found: {}", version.trim()),
+        _ => bail!(
+            "Go >= {wanted} is needed to build kube-apiserver and helm; found: {}",
+            version.trim()
+        ),
     }
 }
 
@@ -139,8 +148,14 @@ mod tests {
     #[test]
     fn reads_required_versions_from_go_mod() {
         let go_mod = "module x\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes v1.34.4\n\nrequire (\n\thelm.sh/helm/v3 v3.19.5\n\tother v1\n)\n";
-        assert_eq!(required_version(go_mod, "k8s.io/kubernetes").as_deref(), Some("v1.34.4"));
-        assert_eq!(required_version(go_mod, "helm.sh/helm/v3").as_deref(), Some("v3.19.5"));
+        assert_eq!(
+            required_version(go_mod, "k8s.io/kubernetes").as_deref(),
+            Some("v1.34.4")
+        );
+        assert_eq!(
+            required_version(go_mod, "helm.sh/helm/v3").as_deref(),
+            Some("v3.19.5")
+        );
         assert_eq!(required_version(go_mod, "absent"), None);
     }
 
@@ -156,6 +171,9 @@ mod tests {
     fn go_versions_compare_numerically() {
         assert!(parse_go_version("1.26.8") >= parse_go_version("1.24.0"));
         assert!(parse_go_version("1.9") < parse_go_version("1.24"));
-        assert_eq!(found_go_version("go version go1.26.8 linux/amd64"), Some((1, 26)));
+        assert_eq!(
+            found_go_version("go version go1.26.8 linux/amd64"),
+            Some((1, 26))
+        );
     }
 }

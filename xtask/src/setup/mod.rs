@@ -13,15 +13,26 @@ use crate::cache;
 
 /// Runs every step in order, printing progress.
 pub fn run() -> anyhow::Result<()> {
-    step("Rust toolchains (stable components, pinned nightly + rust-src)", rust::toolchains)?;
-    step("bpf-linker (linked to the nightly's own LLVM)", rust::bpf_linker)?;
+    step(
+        "Rust toolchains (stable components, pinned nightly + rust-src)",
+        rust::toolchains,
+    )?;
+    step(
+        "bpf-linker (linked to the nightly's own LLVM)",
+        rust::bpf_linker,
+    )?;
     step("Debian packages for the labs", apt::packages)?;
     step("etcd >= 3.5 (from Debian trixie)", etcd::install)?;
     step("kube-apiserver (built from Go modules)", || {
         gotools::install(gotools::KUBE_APISERVER)
     })?;
-    step("helm (built from Go modules)", || gotools::install(gotools::HELM))?;
-    eprintln!("==> setup complete; tools linked in {}", cache::bin_dir()?.display());
+    step("helm (built from Go modules)", || {
+        gotools::install(gotools::HELM)
+    })?;
+    eprintln!(
+        "==> setup complete; tools linked in {}",
+        cache::bin_dir()?.display()
+    );
     Ok(())
 }
 

@@ -21,16 +21,30 @@ pub fn toolchains() -> anyhow::Result<()> {
     let installed = Cmd::new("rustup").args(["toolchain", "list"]).output()?;
     let has_components = || -> anyhow::Result<bool> {
         let list = Cmd::new("rustup")
-            .args(["component", "list", "--installed", "--toolchain", BPF_TOOLCHAIN])
+            .args([
+                "component",
+                "list",
+                "--installed",
+                "--toolchain",
+                BPF_TOOLCHAIN,
+            ])
             .output()?;
-        Ok(NIGHTLY_COMPONENTS.iter().all(|c| list.lines().any(|l| l.starts_with(c))))
+        Ok(NIGHTLY_COMPONENTS
+            .iter()
+            .all(|c| list.lines().any(|l| l.starts_with(c))))
     };
     if installed.lines().any(|l| l.starts_with(BPF_TOOLCHAIN)) && has_components()? {
         eprintln!("    {BPF_TOOLCHAIN} with {NIGHTLY_COMPONENTS:?} already installed");
         return Ok(());
     }
     Cmd::new("rustup")
-        .args(["toolchain", "install", BPF_TOOLCHAIN, "--profile", "minimal"])
+        .args([
+            "toolchain",
+            "install",
+            BPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+        ])
         .args(NIGHTLY_COMPONENTS.iter().flat_map(|c| ["--component", c]))
         .run()
 }

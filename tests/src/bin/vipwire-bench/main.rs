@@ -1,12 +1,18 @@
 //! `cargo xtask bench <area>`: runs one benchmark area, prints its table and writes
 //! `target/bench/<area>.json` (see testkit::bench).
 
+mod dataplane;
+mod flood;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use testkit::bench::Report;
 
+/// Measures one area and returns its report.
+type Measure = fn() -> Report;
+
 /// Each area: its name and the function that measures it.
-const AREAS: &[(&str, fn() -> Report)] = &[];
+const AREAS: &[(&str, Measure)] = &[("dataplane", dataplane::measure)];
 
 fn main() -> ExitCode {
     let area = std::env::args().nth(1).unwrap_or_default();

@@ -1,0 +1,291 @@
+//! Watching the cluster: kube-rs reflectors for Service, EndpointSlice and Node.
+//!
+//! Each resource has a reflector store fed by a watcher with the default backoff. Whole
+//! [`Snapshot`]s are built from the three stores and published once every store has finished its
+//! first list. A store being relisted (after an apiserver restart or a 410 Gone) keeps serving its
+//! old contents until the new list is complete (the reflector swaps the buffer in at `InitDone`),
+//! so a relist never looks like "everything was deleted". While the apiserver is unreachable the
+//! last snapshot stays in force and the source reports itself not ready.
+
+use std::{
+    fmt::Debug,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{snapshot::Snapshot, source::SourceStatus};
+
+/// Quiet time after the last event before a snapshot is built (a relist or a rollout is a burst).
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A steady stream of events delays a snapshot by at most this much.
+const MAX_DELAY: Duration = Duration::from_millis(500);
+/// How often the apiserver is probed, so "connected" recovers even when no object changes.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("no cluster config (in-cluster service account or KUBECONFIG)")]
+    Config(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client")]
+    Client(#[source] kube::Error),
+}
+
+/// Readiness of the cluster source, beyond [`SourceStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeHealth {
+    /// Every store has finished its first list.
+    pub synced: bool,
+    /// The apiserver answered the newest probe or watch request.
+    pub connected: bool,
+    /// Lists started after the first one (apiserver restarts, 410 Gone).
+    pub relists: u64,
+    /// Watch, list and probe errors seen so far (the probe fails every 2 s during an outage).
+    pub errors: u64,
+}
+
+/// A running cluster source.
+pub struct KubeSource {
+    /// `None` until all three stores are synced; then whole snapshots, each different from
+    /// the one before.
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// Generation and the newest watch error (cleared once the apiserver answers again).
+    pub status: watch::Receiver<SourceStatus>,
+    pub health: watch::Receiver<KubeHealth>,
+    pub task: JoinHandle<()>,
+}
+
+/// A client from the in-cluster config, else `KUBECONFIG` / `~/.kube/config`.
+pub async fn client() -> Result<Client, KubeError> {
+    let config = kube::Config::infer().await.map_err(KubeError::Config)?;
+    Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// What a watcher task tells the publisher.
+#[derive(Debug)]
+enum Signal {
+    /// A store changed (or finished a list).
+    Changed,
+    /// A list started after the first one.
+    Relist,
+    /// The apiserver answered.
+    Connected,
+    Error(String),
+}
+
+/// Starts the three reflectors and the publisher on the current tokio runtime.
+pub fn spawn_kube_source(client: Client) -> KubeSource {
+    let (snapshots_tx, snapshots) = watch::channel(None);
+    let (status_tx, status) = watch::channel(SourceStatus::default());
+    let (health_tx, health) = watch::channel(KubeHealth::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+
+    let (services, services_w) = reflector::store::<Service>();
+    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let watchers = vec![
+        tokio::spawn(reflect(Api::all(client.clone()), services_w, tx.clone())),
+        tokio::spawn(reflect(Api::all(client.clone()), slices_w, tx.clone())),
+        tokio::spawn(reflect(Api::all(client.clone()), nodes_w, tx.clone())),
+        tokio::spawn(probe(client, tx)),
+    ];
+    let stores = Stores {
+        services,
+        slices,
+        nodes,
+    };
+    let task = tokio::spawn(async move {
+        publish(stores, rx, snapshots_tx, status_tx, health_tx).await;
+        for watcher in watchers {
+            watcher.abort();
+        }
+    });
+    KubeSource {
+        snapshots,
+        status,
+        health,
+        task,
+    }
+}
+
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+}
+
+impl Stores {
+    fn synced(&self) -> bool {
+        // A reader's `wait_until_ready` resolves after the first `InitDone`; until then the
+        // store is empty, and an empty store is indistinguishable from an empty cluster.
+        [
+            self.services.wait_until_ready().now_or_never_ready(),
+            self.slices.wait_until_ready().now_or_never_ready(),
+            self.nodes.wait_until_ready().now_or_never_ready(),
+        ]
+        .into_iter()
+        .all(|ready| ready)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::from_objects(
+            self.services.state(),
+            self.slices.state(),
+            self.nodes.state(),
+        )
+    }
+}
+
+/// Polls a future once: `true` when it is already complete with `Ok`.
+trait NowOrNever {
+    fn now_or_never_ready(self) -> bool;
+}
+
+impl<F, E> NowOrNever for F
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    fn now_or_never_ready(self) -> bool {
+        matches!(futures::FutureExt::now_or_never(self), Some(Ok(())))
+    }
+}
+
+/// One reflector: watcher (default backoff) into `writer`, reporting to the publisher.
+async fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    tx: mpsc::UnboundedSender<Signal>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let kind = K::kind(&());
+    let mut lists = 0u64;
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let signal = match event {
+            Ok(watcher::Event::Init) => {
+                lists += 1;
+                if lists > 1 {
+                    tracing::info!(%kind, "relisting");
+                    let _ = tx.send(Signal::Relist);
+                }
+                Signal::Connected
+            }
+            Ok(watcher::Event::InitApply(_)) => continue,
+            Ok(_) => Signal::Changed,
+            Err(error) => {
+                tracing::warn!(%kind, %error, "watch failed; keeping the last state");
+                Signal::Error(format!("{kind}: {error}"))
+            }
+        };
+        if tx.send(signal).is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks the apiserver for its version every [`PROBE_INTERVAL`]: a healthy but idle cluster
+/// sends no watch events, and "connected" must recover without them.
+async fn probe(client: Client, tx: mpsc::UnboundedSender<Signal>) {
+    loop {
+        let signal = match client.apiserver_version().await {
+            Ok(_) => Signal::Connected,
+            Err(error) => Signal::Error(format!("apiserver: {error}")),
+        };
+        if tx.send(signal).is_err() {
+            return;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+async fn publish(
+    stores: Stores,
+    mut rx: mpsc::UnboundedReceiver<Signal>,
+    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    status: watch::Sender<SourceStatus>,
+    health: watch::Sender<KubeHealth>,
+) {
+    let mut pending_since: Option<Instant> = None;
+    loop {
+        let deadline = pending_since.map(|since| {
+            tokio::time::Instant::from_std((Instant::now() + DEBOUNCE).min(since + MAX_DELAY))
+        });
+        let signal = tokio::select! {
+            signal = rx.recv() => match signal {
+                Some(signal) => Some(signal),
+                None => return,
+            },
+            () = sleep_until_opt(deadline) => None,
+            () = snapshots.closed() => return,
+        };
+        match signal {
+            Some(Signal::Changed) => {
+                mark_connected(&status, &health);
+                pending_since.get_or_insert_with(Instant::now);
+            }
+            Some(Signal::Relist) => health.send_modify(|h| h.relists += 1),
+            Some(Signal::Connected) => mark_connected(&status, &health),
+            Some(Signal::Error(error)) => {
+                health.send_modify(|h| {
+                    h.connected = false;
+                    h.errors += 1;
+                });
+                status.send_modify(|s| s.error = Some(error));
+            }
+            None => {
+                pending_since = None;
+                if !stores.synced() {
+                    continue;
+                }
+                health.send_if_modified(|h| !std::mem::replace(&mut h.synced, true));
+                let snapshot = stores.snapshot();
+                if snapshots.borrow().as_deref() == Some(&snapshot) {
+                    continue;
+                }
+                tracing::info!(
+                    services = snapshot.services.len(),
+                    slices = snapshot.endpoint_slices.len(),
+                    nodes = snapshot.nodes.len(),
+                    "cluster snapshot"
+                );
+                // Status first, so a consumer woken by the snapshot reads the matching status.
+                status.send_modify(|s| s.generation += 1);
+                snapshots.send_replace(Some(Arc::new(snapshot)));
+            }
+        }
+    }
+}
+
+fn mark_connected(status: &watch::Sender<SourceStatus>, health: &watch::Sender<KubeHealth>) {
+    health.send_if_modified(|h| !std::mem::replace(&mut h.connected, true));
+    status.send_if_modified(|s| s.error.take().is_some());
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
