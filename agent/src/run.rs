@@ -8,11 +8,12 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     admin::{self, AdminError, AdminState, Reconciled, SourceWatch},
+    bgp::{Speaker, StartOptions},
     config::Config,
     dataplane::{
         self, heartbeat,
         l2::{self, L2Entry},
-        loader::{Attachment, Dataplane, LoaderError},
+        loader::{AttachMode, Attachment, Dataplane, LoaderError},
         logs,
         paths::PinPaths,
     },
@@ -34,6 +35,8 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_millis(500);
 /// Reconcile from scratch this often even without changes (repairs maps edited behind our back).
 const RESYNC: Duration = Duration::from_secs(300);
+/// How long shutdown waits for the withdrawals and NOTIFICATIONs to go out.
+const BGP_SHUTDOWN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -67,11 +70,23 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
             return Err(RunError::Usage(format!("interfaces[{i}]: {err}")));
         }
     }
+    let router_id = match &config.bgp {
+        Some(bgp) => Some(match bgp.router_id {
+            Some(id) => id,
+            None => dataplane::iface::first_ipv4(&config.interfaces[0]).ok_or_else(|| {
+                RunError::Usage(format!(
+                    "bgp.routerId: not set and interface {} has no IPv4 address to default to",
+                    config.interfaces[0]
+                ))
+            })?,
+        }),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(agent(config, options))
+    runtime.block_on(agent(config, options, router_id))
 }
 
 /// The running input: snapshots plus what the admin endpoint reports about it.
@@ -113,7 +128,11 @@ async fn open_source(manifests: Option<PathBuf>) -> Result<Input, RunError> {
     }
 }
 
-async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
+async fn agent(
+    config: Config,
+    options: RunOptions,
+    router_id: Option<std::net::Ipv4Addr>,
+) -> Result<(), RunError> {
     let listener = admin::bind(config.admin_listen).await?;
     let mut input = open_source(options.manifests.clone()).await?;
     let state = Arc::new(AdminState::new(
@@ -140,6 +159,26 @@ async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "BPF logs are not forwarded"),
     }
+    plane.self_check()?;
+
+    // Announces nothing until the first reconcile says what this node owns. A pinned XDP link
+    // taken over from an earlier agent means the dataplane kept forwarding through our
+    // restart: tell the peers (graceful restart R and F bits), which kept our routes as stale.
+    let restarting = plane
+        .attachments()
+        .iter()
+        .any(|a| a.mode == AttachMode::Reused);
+    let speaker = config.bgp.as_ref().zip(router_id).map(|(bgp, id)| {
+        Speaker::start_with_options(
+            bgp,
+            id,
+            StartOptions {
+                listen_port: None,
+                restarting,
+            },
+        )
+    });
+    publish_bgp(speaker.as_ref(), &state);
 
     let model_config = ModelConfig::from(&config);
     let mut ticker = tokio::time::interval(heartbeat::interval(stale_after));
@@ -157,6 +196,7 @@ async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = ticker.tick() => {
                 heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
+                publish_bgp(speaker.as_ref(), &state);
             }
             changed = input.snapshots.changed(), if source_alive => {
                 if changed.is_err() {
@@ -173,7 +213,7 @@ async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
                 let snapshot = input.snapshots.borrow_and_update().clone();
                 if let Some(snapshot) = snapshot {
                     reconciles += 1;
-                    reconcile(&mut plane, &config, &model_config, &snapshot, &state, reconciles)?;
+                    reconcile(&mut plane, speaker.as_ref(), &config, &model_config, &snapshot, &state, reconciles)?;
                 }
             }
             _ = resync.tick() => {
@@ -181,12 +221,18 @@ async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
                 if let Some(snapshot) = snapshot {
                     tracing::debug!("periodic full resync");
                     reconciles += 1;
-                    reconcile(&mut plane, &config, &model_config, &snapshot, &state, reconciles)?;
+                    reconcile(&mut plane, speaker.as_ref(), &config, &model_config, &snapshot, &state, reconciles)?;
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
+    }
+    if let Some(speaker) = speaker {
+        // Withdraw, then Cease/Administrative Shutdown: peers move traffic away at once
+        // instead of waiting out the hold time.
+        tracing::info!("shutting down: withdrawing BGP routes");
+        speaker.shutdown(BGP_SHUTDOWN).await;
     }
     if options.cleanup_on_exit {
         tracing::info!("shutting down: detaching and unpinning (--cleanup-on-exit)");
@@ -200,6 +246,13 @@ async fn agent(config: Config, options: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The admin endpoint shows the sessions as of the last call (at most one heartbeat old).
+fn publish_bgp(speaker: Option<&Speaker>, state: &AdminState) {
+    if let Some(speaker) = speaker {
+        state.set_bgp(speaker.status());
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -210,6 +263,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// Applies what the model wants for this node to the dataplane, as a delta.
 fn reconcile(
     plane: &mut Dataplane,
+    speaker: Option<&Speaker>,
     config: &Config,
     model_config: &ModelConfig,
     snapshot: &Arc<Snapshot>,
@@ -236,6 +290,10 @@ fn reconcile(
             crate::l2::spawn_announcements(a.interface.clone(), a.ifindex, a.mac, entry.addr);
         }
     }
+    if let Some(speaker) = speaker {
+        speaker.set_announcements(desired.bgp.clone());
+    }
+    publish_bgp(speaker, state);
     state.set_reconciled(Reconciled {
         desired: Arc::new(desired),
         snapshot: snapshot.clone(),

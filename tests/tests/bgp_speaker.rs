@@ -1,8 +1,10 @@
 //! vipwire's embedded BGP speaker against real FRR, BIRD 2 and GoBGP in lab namespaces: it
 //! reaches Established, its host routes appear in the peer's RIB with their attributes and next
 //! hop, withdrawals remove them, TCP-MD5 works (and a wrong key never establishes), IPv6 /128s
-//! travel over an IPv6 session, a frozen speaker loses its routes after the hold time, and
-//! shutdown withdraws with a Cease.
+//! travel over an IPv6 session, a frozen speaker loses its routes after the hold time (graceful
+//! restart or not), and shutdown withdraws with a Cease. A raw-TCP peer checks what the daemons
+//! never send: malformed UPDATEs (RFC 7606: attribute errors are ignored, NLRI errors reset),
+//! collisions, and a restarting speaker's R bit and its table before End-of-RIB.
 //!
 //! The speaker runs in-process on a current-thread tokio runtime whose thread has entered the
 //! node namespace, so its sockets live there.
@@ -21,7 +23,7 @@ use testkit::{
 };
 use vipwire::{
     bgp::{
-        PeerStatus, Speaker, State,
+        PeerStatus, Speaker, StartOptions, State,
         wire::{Family, Message},
     },
     config::{Advertisement, BgpConfig, PeerConfig as BgpPeer},
@@ -68,7 +70,10 @@ fn bgp(peers: Vec<BgpPeer>) -> BgpConfig {
             communities: vec![(65000, 100), (65100, 7)],
             large_communities: vec![(65100, 1, 1)],
             local_pref: Some(150),
+            med: Some(42),
         },
+        // Off unless a test turns it on: most tests watch routes leave when a session ends.
+        graceful_restart_time: Duration::ZERO,
     }
 }
 
@@ -82,6 +87,10 @@ struct NsSpeaker {
 
 impl NsSpeaker {
     fn start(ns: &Netns, config: &BgpConfig, router_id: &str) -> Self {
+        Self::start_with(ns, config, router_id, StartOptions::default())
+    }
+
+    fn start_with(ns: &Netns, config: &BgpConfig, router_id: &str, options: StartOptions) -> Self {
         let path = format!("/run/netns/{}", ns.name());
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -103,7 +112,7 @@ impl NsSpeaker {
         let router_id: Ipv4Addr = router_id.parse().expect("router id");
         let speaker = {
             let _guard = handle.enter();
-            Speaker::start(config, router_id)
+            Speaker::start_with_options(config, router_id, options)
         };
         Self {
             handle,
@@ -176,6 +185,7 @@ fn frr_ebgp_routes_with_communities_and_withdraw() {
         );
         assert_eq!(route.large_communities, [LargeCommunity(65100, 1, 1)]);
         assert_eq!(route.origin, Some(Origin::Igp));
+        assert_eq!(route.med, Some(42));
         assert_eq!(route.local_pref.filter(|&lp| lp != 100), None, "eBGP");
     }
     assert_eq!(speaker.status("10.0.31.1").routes_announced, 2);
@@ -251,6 +261,7 @@ fn gobgp_ibgp_carries_local_pref_and_an_empty_as_path() {
     assert_eq!(route.next_hops, [ip("10.0.33.2")]);
     assert!(route.as_path.is_empty(), "iBGP: {:?}", route.as_path);
     assert_eq!(route.local_pref, Some(150));
+    assert_eq!(route.med, Some(42));
     assert_eq!(
         route.communities,
         [Community(65000, 100), Community(65100, 7)]
@@ -411,6 +422,16 @@ mod raw {
     }
 
     /// OPEN/KEEPALIVE exchange as AS `asn`; returns the speaker's OPEN.
+    /// The next message that is not a KEEPALIVE.
+    pub fn read_skipping_keepalives(stream: &mut TcpStream) -> Message {
+        loop {
+            match read(stream) {
+                Message::Keepalive => continue,
+                other => return other,
+            }
+        }
+    }
+
     pub fn handshake(stream: &mut TcpStream, asn: u32, router_id: Ipv4Addr) -> Open {
         let Message::Open(theirs) = read(stream) else {
             panic!("the speaker did not start with OPEN")
@@ -465,9 +486,10 @@ fn malformed_update_gets_a_notification_and_the_speaker_reconnects() {
     };
     assert_eq!(again.announce, update.announce);
 
-    // An UPDATE whose ORIGIN claims 9 bytes in a 4-byte attribute list: UPDATE Message Error.
+    // An UPDATE whose NLRI claims a 33-bit prefix: RFC 7606 keeps the session reset for NLRI
+    // that cannot be parsed, so UPDATE Message Error.
     let mut bad = vec![0xff; 16];
-    bad.extend_from_slice(&[0, 27, 2, 0, 0, 0, 4, 0x40, 1, 9, 0]);
+    bad.extend_from_slice(&[0, 29, 2, 0, 0, 0, 0, 33, 1, 2, 3, 4, 5]);
     std::io::Write::write_all(&mut conn, &bad).expect("write");
     let notification = loop {
         match raw::read(&mut conn) {
@@ -694,8 +716,11 @@ fn collision(tag: &str, net: &str, peer_id: Ipv4Addr, ours_survives: bool) {
     };
     // Ours, to its listener.
     let to = format!("{node_addr}:179");
+    // The listener is bound by a task of its own: retry until it is there.
     let mut inc = testkit::probe::in_netns(&tor, move || {
-        std::net::TcpStream::connect(to).expect("connect to the speaker's listener")
+        wait_for("the speaker's listener", UP, || {
+            std::net::TcpStream::connect(&to).ok()
+        })
     });
     inc.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("read timeout");
@@ -758,5 +783,144 @@ fn collision_peer_router_id_higher_keeps_its_connection() {
         "10.0.46",
         Ipv4Addr::new(10, 255, 0, 1),
         false,
+    );
+}
+
+/// An UPDATE announcing 192.0.2.1/32 from AS 65009 with `attrs` replaced by the caller's bytes.
+fn raw_update(attrs: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xff; 16];
+    let len = 19 + 4 + attrs.len() + 5;
+    out.extend_from_slice(&u16::try_from(len).expect("short").to_be_bytes());
+    out.push(2);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&u16::try_from(attrs.len()).expect("short").to_be_bytes());
+    out.extend_from_slice(attrs);
+    out.extend_from_slice(&[32, 192, 0, 2, 1]);
+    out
+}
+
+#[test]
+fn rfc7606_attribute_errors_are_ignored_without_a_reset() {
+    let (_lab, tor, node) = lab("spk-7606", "10.0.47", "fd00:47");
+    let listener = testkit::probe::in_netns(&tor, || {
+        std::net::TcpListener::bind("10.0.47.1:179").expect("bind 179 in the ToR namespace")
+    });
+    let speaker = NsSpeaker::start(&node, &bgp(vec![peer("10.0.47.1", 65009, 9)]), "10.0.47.2");
+    announce(&speaker, &["203.0.113.47"]);
+    let mut conn = raw::accept(&listener, UP);
+    raw::handshake(&mut conn, 65009, Ipv4Addr::new(10, 0, 47, 1));
+    let Message::Update(update) = raw::read_skipping_keepalives(&mut conn) else {
+        panic!("no UPDATE after Established")
+    };
+    assert_eq!(update.attributes.med, Some(42));
+    assert_eq!(
+        raw::read_skipping_keepalives(&mut conn),
+        Message::EndOfRib(Family::Ipv4)
+    );
+    speaker.wait_established("10.0.47.1");
+    let before = speaker.status("10.0.47.1").updates_received;
+
+    let good = [
+        0x40, 1, 1, 0, // ORIGIN IGP
+        0x40, 2, 6, 2, 1, 0, 0, 0xfe, 0x31, // AS_PATH [65009]
+        0x40, 3, 4, 10, 0, 47, 1, // NEXT_HOP
+    ];
+    let mut undefined_origin = good;
+    undefined_origin[3] = 9;
+    let mut bad_next_hop = good[..13].to_vec();
+    bad_next_hop.extend_from_slice(&[0x40, 3, 3, 10, 0, 47]);
+    let overrun = [0x40, 1, 9, 0];
+    for attrs in [&undefined_origin[..], &bad_next_hop, &overrun] {
+        std::io::Write::write_all(&mut conn, &raw_update(attrs)).expect("write");
+    }
+    // Still up: a ROUTE-REFRESH is answered with the table, not a NOTIFICATION.
+    raw::send(&mut conn, &Message::RouteRefresh(Family::Ipv4));
+    match raw::read_skipping_keepalives(&mut conn) {
+        Message::Update(again) => assert_eq!(again.announce, update.announce),
+        other => panic!("expected the table again, got {other:?}"),
+    }
+    let status = speaker.status("10.0.47.1");
+    assert_eq!(status.state, State::Established, "{status:?}");
+    assert_eq!(status.updates_received, before + 3, "{status:?}");
+    assert!(status.last_error.is_none(), "{status:?}");
+}
+
+#[test]
+fn restarting_speaker_sets_the_r_bit_and_holds_end_of_rib_for_its_routes() {
+    let (_lab, tor, node) = lab("spk-gr", "10.0.48", "fd00:48");
+    let listener = testkit::probe::in_netns(&tor, || {
+        std::net::TcpListener::bind("10.0.48.1:179").expect("bind 179 in the ToR namespace")
+    });
+    let config = BgpConfig {
+        graceful_restart_time: Duration::from_secs(30),
+        ..bgp(vec![peer("10.0.48.1", 65009, 9)])
+    };
+    let speaker = NsSpeaker::start_with(
+        &node,
+        &config,
+        "10.0.48.2",
+        StartOptions {
+            listen_port: None,
+            restarting: true,
+        },
+    );
+    // Nothing announced yet: the session comes up but holds back its table and End-of-RIB.
+    let mut conn = raw::accept(&listener, UP);
+    let open = raw::handshake(&mut conn, 65009, Ipv4Addr::new(10, 0, 48, 1));
+    let gr = open
+        .capabilities
+        .graceful_restart
+        .expect("graceful restart capability");
+    assert!(gr.restarting, "R bit: {gr:?}");
+    assert!(gr.forwarding, "F bit: {gr:?}");
+    assert_eq!((gr.restart_time, gr.families), (30, vec![Family::Ipv4]));
+    speaker.wait_established("10.0.48.1");
+    // The agent's first reconcile: the routes, then End-of-RIB, not End-of-RIB first.
+    announce(&speaker, &["203.0.113.48"]);
+    let Message::Update(update) = raw::read_skipping_keepalives(&mut conn) else {
+        panic!("expected the table before End-of-RIB")
+    };
+    assert_eq!(update.announce, ["203.0.113.48/32".parse().unwrap()]);
+    assert_eq!(
+        raw::read_skipping_keepalives(&mut conn),
+        Message::EndOfRib(Family::Ipv4)
+    );
+}
+
+#[test]
+fn frozen_speaker_with_graceful_restart_loses_its_routes_at_frr() {
+    let (lab, tor, node) = lab("spk-grfrz", "10.0.49", "fd00:49");
+    let frr = Peer::start(
+        PeerKind::Frr,
+        &tor,
+        PeerConfig::new("10.0.49.1", 65001)
+            .timers(6, 2)
+            .neighbor(Neighbor::new("10.0.49.2", NODE_ASN)),
+        lab.dir(),
+    );
+    let config = BgpConfig {
+        graceful_restart_time: Duration::from_secs(5),
+        ..bgp(vec![peer("10.0.49.1", 65001, 6)])
+    };
+    let speaker = NsSpeaker::start(&node, &config, "10.0.49.2");
+    announce(&speaker, &["203.0.113.49"]);
+    speaker.wait_established("10.0.49.1");
+    frr.wait_route("203.0.113.49/32", ROUTE);
+
+    // A node that dies silently: the hold timer ends the session with a NOTIFICATION, and
+    // without the N bit (RFC 8538, not announced) that ends graceful restart too: FRR drops
+    // the routes then, not a restart time later.
+    let frozen_at = Instant::now();
+    speaker.freeze(Duration::from_secs(40));
+    frr.wait_no_route("203.0.113.49/32", Duration::from_secs(30));
+    let gone = frozen_at.elapsed();
+    eprintln!("frozen speaker (GR 5 s): route gone at FRR after {gone:?} (hold time 6 s)");
+    assert!(
+        gone >= Duration::from_secs(3),
+        "route left before the hold time could expire: {gone:?}"
+    );
+    assert!(
+        gone < Duration::from_secs(10),
+        "kept past the hold time as if restarting: {gone:?}"
     );
 }

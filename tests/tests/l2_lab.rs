@@ -130,7 +130,7 @@ impl Lab {
 #[test]
 fn answers_arp_for_owned_vips_on_configured_interfaces_only() {
     let lab = lab("arp");
-    let mut agent = lab.start_agent("agent.log", &[]);
+    let mut agent = lab.start_agent("agent.log", &["--bpf-log-level", "info"]);
     let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
     let mac = lab.wait_answering(&prober, &mut agent);
     assert_eq!(
@@ -176,6 +176,13 @@ fn answers_arp_for_owned_vips_on_configured_interfaces_only() {
     assert!(status["counters"]["answered_arp"].as_u64().unwrap() >= 2);
     assert!(status["counters"]["not_owned"].as_u64().unwrap() >= 1);
     assert_eq!(status["heartbeat"]["fresh"], true);
+    // The attach-time self-check ran, and its aya-log line reached the agent's log.
+    let log = agent.log_tail();
+    assert!(log.contains("self-check passed"), "agent log:\n{log}");
+    assert!(
+        log.contains("self-check: vipwire_xdp runs, contract v1"),
+        "agent log:\n{log}"
+    );
     agent.stop(Duration::from_secs(5));
 }
 

@@ -135,6 +135,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
 fn bench(area: &str) -> anyhow::Result<()> {
     require_root("bench")?;
     setup::preflight()?;
+    // Labs run the real agent binary, built in the same profile as the bench.
+    Cmd::new("cargo")
+        .args(["build", "--release", "-p", "vipwire"])
+        .run()?;
     Cmd::new("cargo")
         .args([
             "run",

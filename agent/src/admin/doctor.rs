@@ -159,6 +159,7 @@ fn agent_checks(addr: SocketAddr) -> Vec<Check> {
             ),
         ));
     }
+    checks.extend(super::bgp::doctor_checks(&status));
     for conflict in status["conflicts"].as_array().into_iter().flatten() {
         checks.push(check(
             Level::Warn,

@@ -73,6 +73,11 @@ pub fn render(state: &AdminState) -> String {
         "gauge",
         &one(status.warnings.len() as f64),
     );
+    if let Some(bgp) = &status.bgp {
+        for (name, help, kind, samples) in super::bgp::metrics(bgp) {
+            gauge(name, help, kind, &samples);
+        }
+    }
     if let Some(dataplane) = &status.dataplane {
         let counters: Vec<_> = dataplane
             .counters

@@ -3,6 +3,7 @@
 //! loop publishes what it did into an [`AdminState`], and the dataplane part comes from the
 //! pinned maps, exactly as `vipwire status` reads them without an agent.
 
+pub mod bgp;
 pub mod client;
 pub mod doctor;
 mod http;
@@ -22,6 +23,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use self::status::AgentStatus;
 use crate::{
+    bgp::PeerStatus,
     model::Desired,
     snapshot::Snapshot,
     source::{SourceStatus, kube::KubeHealth},
@@ -66,6 +68,8 @@ pub struct AdminState {
     pub source: SourceWatch,
     attached: Mutex<bool>,
     reconciled: Mutex<Option<Reconciled>>,
+    /// `None` when BGP is not configured.
+    bgp: Mutex<Option<bgp::BgpSnapshot>>,
 }
 
 impl AdminState {
@@ -76,6 +80,7 @@ impl AdminState {
             source,
             attached: Mutex::new(false),
             reconciled: Mutex::new(None),
+            bgp: Mutex::new(None),
         }
     }
 
@@ -86,6 +91,18 @@ impl AdminState {
 
     pub fn set_reconciled(&self, reconciled: Reconciled) {
         *lock(&self.reconciled) = Some(reconciled);
+    }
+
+    /// The BGP speaker's sessions as of now (the run loop calls this periodically).
+    pub fn set_bgp(&self, peers: Vec<PeerStatus>) {
+        *lock(&self.bgp) = Some(bgp::BgpSnapshot {
+            peers,
+            taken: std::time::Instant::now(),
+        });
+    }
+
+    pub fn bgp(&self) -> Option<bgp::BgpView> {
+        lock(&self.bgp).as_ref().map(bgp::BgpView::of)
     }
 
     pub fn reconciled(&self) -> Option<Reconciled> {

@@ -95,6 +95,8 @@ pub struct AgentStatus {
     pub conflicts: Vec<String>,
     pub warnings: Vec<String>,
     pub reconciles: u64,
+    /// The BGP sessions, one per configured peer (`null` without a `bgp` config section).
+    pub bgp: Option<super::bgp::BgpView>,
     /// The pinned maps as the agent reads them (absent when they cannot be read).
     #[serde(flatten)]
     pub dataplane: Option<DataplaneView>,
@@ -160,6 +162,7 @@ impl AgentStatus {
             conflicts: Vec::new(),
             warnings: Vec::new(),
             reconciles: 0,
+            bgp: state.bgp(),
             dataplane: None,
             dataplane_error: None,
         };
@@ -299,6 +302,7 @@ pub fn to_text(status: &serde_json::Value) -> String {
             out.push_str(&format!("warning: {}\n", s(w)));
         }
     }
+    out.push_str(&super::bgp::to_text(status));
     let dataplane = status;
     if dataplane["heartbeat"].is_object() {
         let heartbeat = &dataplane["heartbeat"];

@@ -137,3 +137,75 @@ fn metrics_are_prefixed_and_typed() {
         );
     }
 }
+
+fn peer(address: &str, state: crate::bgp::State, error: Option<&str>) -> crate::bgp::PeerStatus {
+    let established = state == crate::bgp::State::Established;
+    crate::bgp::PeerStatus {
+        address: ip(address),
+        asn: 65001,
+        state,
+        uptime: established.then(|| std::time::Duration::from_secs(42)),
+        routes_announced: if established { 3 } else { 0 },
+        updates_received: 7,
+        last_error: error.map(str::to_owned),
+    }
+}
+
+#[test]
+fn bgp_sessions_reach_status_metrics_text_and_doctor() {
+    use super::doctor::Level;
+    use crate::bgp::State;
+
+    let (state, _status, _health) = kube_state();
+    let json = serde_json::to_value(AgentStatus::collect(&state)).unwrap();
+    assert!(json["bgp"].is_null(), "no BGP configured: {json}");
+    assert!(!metrics::render(&state).contains("vipwire_bgp_"));
+
+    state.set_bgp(vec![
+        peer("10.0.5.1", State::Established, None),
+        peer(
+            "10.0.6.1",
+            State::Active,
+            Some("connect: connection refused"),
+        ),
+        peer("2001:db8::1", State::OpenSent, None),
+    ]);
+    let json = serde_json::to_value(AgentStatus::collect(&state)).unwrap();
+    let peers = json["bgp"]["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3);
+    assert_eq!(peers[0]["address"], "10.0.5.1");
+    assert_eq!(peers[0]["asn"], 65001);
+    assert_eq!(peers[0]["state"], "Established");
+    assert_eq!(peers[0]["established"], true);
+    assert!(peers[0]["uptime_seconds"].as_u64().unwrap() >= 42);
+    assert_eq!(peers[0]["routes_announced"], 3);
+    assert_eq!(peers[0]["updates_received"], 7);
+    assert!(peers[0]["last_error"].is_null());
+    assert_eq!(peers[1]["state"], "Active");
+    assert!(peers[1]["uptime_seconds"].is_null());
+    assert_eq!(peers[1]["last_error"], "connect: connection refused");
+
+    let text = metrics::render(&state);
+    for line in [
+        "vipwire_bgp_session_established{peer=\"10.0.5.1\"} 1\n",
+        "vipwire_bgp_session_established{peer=\"10.0.6.1\"} 0\n",
+        "vipwire_bgp_routes_announced{peer=\"10.0.5.1\"} 3\n",
+        "vipwire_bgp_updates_received_total{peer=\"2001:db8::1\"} 7\n",
+        "# TYPE vipwire_bgp_updates_received_total counter\n",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+
+    let checks = super::bgp::doctor_checks(&json);
+    let levels: Vec<Level> = checks.iter().map(|c| c.level).collect();
+    assert_eq!(levels, [Level::Ok, Level::Fail, Level::Warn], "{checks:?}");
+    assert!(checks[1].what.contains("connection refused"), "{checks:?}");
+
+    let text = super::status::to_text(&json);
+    assert!(text.contains("bgp peers:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("10.0.5.1") && l.contains("Established") && l.contains("routes 3")),
+        "{text}"
+    );
+}

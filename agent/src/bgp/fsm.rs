@@ -55,6 +55,9 @@ pub enum Event {
     Message(Message),
     /// A message that did not decode; carries the NOTIFICATION to send.
     DecodeError(Notification),
+    /// A malformed UPDATE that RFC 7606 lets the session survive (treat-as-withdraw or
+    /// attribute-discard); carries what was wrong.
+    MalformedUpdate(String),
     TimerExpired(Timer),
 }
 
@@ -85,6 +88,8 @@ pub enum Action {
     ResendRoutes(Family),
     /// An UPDATE from the peer: counted and ignored (we only originate).
     UpdateReceived,
+    /// A malformed UPDATE kept the session up (RFC 7606): count and log it.
+    UpdateDiscarded(String),
     /// Make the incoming connection the session's (the current one, if any, is closed first).
     AdoptIncoming,
     /// Keep the incoming connection aside until the collision can be resolved.
@@ -111,8 +116,11 @@ pub struct FsmConfig {
     /// First connect-retry wait; doubles per consecutive failure up to `connect_retry_max`.
     pub connect_retry: Duration,
     pub connect_retry_max: Duration,
-    /// Announce graceful restart with this restart time (RFC 4724).
+    /// Announce graceful restart with this restart time in seconds (RFC 4724).
     pub graceful_restart: Option<u16>,
+    /// This speaker restarted with its forwarding state intact (the agent took over a running
+    /// dataplane): the first session's OPEN sets the R bit.
+    pub restarting: bool,
 }
 
 /// The large hold time used while waiting for the peer's OPEN (RFC 4271 suggests 4 minutes).
@@ -128,17 +136,24 @@ pub struct Fsm {
     held: bool,
     /// The current connection is the one we opened (not one the peer opened).
     ours: bool,
+    /// The R bit of our OPEN: set until the first session reaches Established.
+    restarting: bool,
+    /// The F bit of our OPEN: the dataplane forwards for our routes while the session is
+    /// down. False only before the first session of a cold start.
+    forwarding: bool,
 }
 
 impl Fsm {
     pub fn new(config: FsmConfig) -> Self {
         Self {
-            config,
             state: State::Idle,
             failures: 0,
             negotiated: None,
             held: false,
             ours: true,
+            restarting: config.restarting,
+            forwarding: config.restarting,
+            config,
         }
     }
 
@@ -172,9 +187,10 @@ impl Fsm {
                 families: c.families.clone(),
                 route_refresh: true,
                 graceful_restart: c.graceful_restart.map(|restart_time| GracefulRestart {
-                    restarting: false,
+                    restarting: self.restarting,
                     restart_time,
-                    families: Vec::new(),
+                    families: c.families.clone(),
+                    forwarding: self.forwarding,
                 }),
             },
         }
@@ -279,6 +295,10 @@ impl Fsm {
             (OpenConfirm, Event::Message(Message::Keepalive)) => {
                 self.state = Established;
                 self.failures = 0;
+                // Later sessions are not a restart of ours, and the dataplane keeps
+                // forwarding while they are down.
+                self.restarting = false;
+                self.forwarding = true;
                 let negotiated = self.negotiated.clone().expect("negotiated in OpenConfirm");
                 let mut actions = self.restart_hold();
                 actions.push(Action::Established(negotiated));
@@ -303,6 +323,13 @@ impl Fsm {
                 actions
             }
             (Established, Event::Message(_)) => self.unexpected(3),
+            (Established, Event::MalformedUpdate(detail)) => {
+                let mut actions = self.restart_hold();
+                actions.push(Action::UpdateDiscarded(detail));
+                actions
+            }
+            (OpenSent, Event::MalformedUpdate(_)) => self.unexpected(1),
+            (OpenConfirm, Event::MalformedUpdate(_)) => self.unexpected(2),
             (OpenSent | OpenConfirm | Established, Event::TcpConnected) => Vec::new(),
         }
     }

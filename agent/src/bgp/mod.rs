@@ -10,4 +10,8 @@ mod socket;
 pub mod speaker;
 pub mod wire;
 
-pub use self::{fsm::State, session::PeerStatus, speaker::Speaker};
+pub use self::{
+    fsm::State,
+    session::PeerStatus,
+    speaker::{Speaker, StartOptions},
+};

@@ -35,6 +35,20 @@ pub(crate) struct SessionConfig {
     pub router_id: Ipv4Addr,
     pub peer: PeerConfig,
     pub advertisement: Advertisement,
+    /// Graceful restart time announced (RFC 4724); `None`: no capability.
+    pub graceful_restart: Option<u16>,
+    /// The agent took over a running dataplane: set the R and F bits in the first OPEN.
+    pub restarting: bool,
+}
+
+/// The routes the speaker wants announced. `ready` turns true with the first set the agent
+/// hands over: until then a session holds back its initial table and End-of-RIB, because a
+/// restarted speaker that sent End-of-RIB on an empty table would make its graceful-restart
+/// helpers flush the routes they kept for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Desired {
+    pub addrs: BTreeSet<IpAddr>,
+    pub ready: bool,
 }
 
 /// A peer's state for `/status` and metrics.
@@ -47,6 +61,7 @@ pub struct PeerStatus {
     pub uptime: Option<Duration>,
     /// Prefixes in the peer's Adj-RIB-Out (announced and not withdrawn).
     pub routes_announced: usize,
+    /// UPDATEs from the peer, malformed ones that RFC 7606 let the session survive included.
     pub updates_received: u64,
     /// Why the session last went down or failed to come up.
     pub last_error: Option<String>,
@@ -93,6 +108,8 @@ pub(crate) enum Input {
     ConnectFailed(u64, String),
     Message(u64, Message),
     Malformed(u64, Notification),
+    /// A malformed UPDATE that RFC 7606 lets the session survive.
+    Discarded(u64, String),
     Closed(u64),
 }
 
@@ -114,6 +131,11 @@ struct Session {
     adj_rib_out: BTreeSet<IpNet>,
     /// The speaker's desired announcements, as last seen.
     wanted: BTreeSet<IpAddr>,
+    /// While the speaker has no announcements yet (see [`Desired`]): when to stop waiting for
+    /// them and send what there is. `None`: ready.
+    ready_at: Option<tokio::time::Instant>,
+    /// Established, but the initial table and End-of-RIB wait for `ready_at`.
+    table_pending: bool,
 }
 
 fn timer_index(t: Timer) -> usize {
@@ -131,7 +153,7 @@ const TIMERS: [Timer; 3] = [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive];
 pub(crate) async fn run(
     config: SessionConfig,
     (tx, mut rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
-    mut desired: watch::Receiver<BTreeSet<IpAddr>>,
+    mut desired: watch::Receiver<Desired>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Mutex<Shared>>,
 ) {
@@ -145,10 +167,15 @@ pub(crate) async fn run(
         families: vec![family],
         connect_retry: Duration::from_secs(1),
         connect_retry_max: Duration::from_secs(30),
-        // Not announced: a peer that keeps our routes as stale after a silent death would
-        // defeat the point of withdrawing (a dead node must leave the ECMP set).
-        graceful_restart: None,
+        graceful_restart: config.graceful_restart,
+        restarting: config.restarting,
     });
+    let first = desired.borrow_and_update().clone();
+    // Without graceful restart an early End-of-RIB flushes nothing: no reason to wait.
+    let ready_at = (!first.ready)
+        .then_some(config.graceful_restart)
+        .flatten()
+        .map(|secs| tokio::time::Instant::now() + Duration::from_secs(u64::from(secs)));
     let mut s = Session {
         config,
         family,
@@ -163,7 +190,9 @@ pub(crate) async fn run(
         timers: [None; 3],
         next_hop: None,
         adj_rib_out: BTreeSet::new(),
-        wanted: desired.borrow_and_update().clone(),
+        wanted: first.addrs,
+        ready_at,
+        table_pending: false,
     };
     s.event(Event::ManualStart).await;
     loop {
@@ -172,6 +201,10 @@ pub(crate) async fn run(
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 s.input(input).await;
+            }
+            () = sleep_until(s.ready_at.unwrap_or_else(far_future)), if s.ready_at.is_some() => {
+                tracing::warn!(peer = %s.config.peer.address, "no announcements from the agent within the restart time; sending End-of-RIB anyway");
+                s.ready().await;
             }
             () = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
                 let now = tokio::time::Instant::now();
@@ -187,9 +220,17 @@ pub(crate) async fn run(
                 if changed.is_err() {
                     break;
                 }
-                s.wanted = desired.borrow_and_update().clone();
+                let now = desired.borrow_and_update().clone();
+                s.wanted = now.addrs;
+                if now.ready && s.ready_at.is_some() {
+                    s.ready().await;
+                    continue;
+                }
                 let wanted = s.wanted.clone();
-                if s.fsm.state() == State::Established && s.sync_routes(&wanted).await.is_err() {
+                if s.fsm.state() == State::Established
+                    && !s.table_pending
+                    && s.sync_routes(&wanted).await.is_err()
+                {
                     s.event(Event::TcpFailed).await;
                 }
             }
@@ -201,7 +242,7 @@ pub(crate) async fn run(
         }
     }
     // Shutdown: withdraw, then Cease/Administrative Shutdown (from the FSM's ManualStop).
-    if s.fsm.state() == State::Established {
+    if s.fsm.state() == State::Established && !s.table_pending {
         let _ = s.sync_routes(&BTreeSet::new()).await;
     }
     s.event(Event::ManualStop).await;
@@ -213,6 +254,21 @@ fn far_future() -> tokio::time::Instant {
 }
 
 impl Session {
+    /// The speaker's announcements are in (or we gave up waiting): send a held-back initial
+    /// table.
+    async fn ready(&mut self) {
+        self.ready_at = None;
+        if std::mem::take(&mut self.table_pending) && self.fsm.state() == State::Established {
+            let sent = match self.sync_routes(&self.wanted.clone()).await {
+                Ok(()) => self.send(&Message::EndOfRib(self.family)).await,
+                Err(()) => Err(()),
+            };
+            if sent.is_err() {
+                self.event(Event::TcpFailed).await;
+            }
+        }
+    }
+
     async fn input(&mut self, input: Input) {
         let (generation, event) = match input {
             Input::Accepted(stream) => {
@@ -237,6 +293,7 @@ impl Session {
             }
             Input::Message(g, msg) => (g, Event::Message(msg)),
             Input::Malformed(g, n) => (g, Event::DecodeError(n)),
+            Input::Discarded(g, detail) => (g, Event::MalformedUpdate(detail)),
             Input::Closed(g) => (g, Event::TcpFailed),
         };
         if generation == self.generation {
@@ -254,14 +311,14 @@ impl Session {
         let tx = self.tx.clone();
         self.read_task = Some(tokio::spawn(async move {
             let input = loop {
-                match read_message(&mut rd).await {
-                    Ok(Ok(msg)) => {
-                        if tx.send(Input::Message(g, msg)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Err(n)) => break Input::Malformed(g, n),
+                let input = match read_message(&mut rd).await {
+                    Ok(Read::Message(msg)) => Input::Message(g, msg),
+                    Ok(Read::Discarded(detail)) => Input::Discarded(g, detail),
+                    Ok(Read::Malformed(n)) => break Input::Malformed(g, n),
                     Err(_) => break Input::Closed(g),
+                };
+                if tx.send(input).await.is_err() {
+                    return;
                 }
             };
             let _ = tx.send(input).await;
@@ -309,12 +366,18 @@ impl Session {
             Action::Down(reason) => {
                 tracing::info!(peer = %self.config.peer.address, %reason, "BGP session down");
                 self.adj_rib_out.clear();
+                self.table_pending = false;
                 let mut shared = self.shared();
                 shared.established_at = None;
                 shared.routes_announced = 0;
                 shared.last_error = Some(reason);
             }
             Action::ResendRoutes(_) => {
+                // Nothing to resend yet; an empty UPDATE would read as an End-of-RIB (and,
+                // while the table is held back, make a restart helper flush our routes).
+                if self.table_pending || self.adj_rib_out.is_empty() {
+                    return None;
+                }
                 let all: Vec<IpNet> = self.adj_rib_out.iter().copied().collect();
                 return self
                     .send_update(all, Vec::new())
@@ -323,6 +386,10 @@ impl Session {
                     .map(|()| Event::TcpFailed);
             }
             Action::UpdateReceived => self.shared().updates_received += 1,
+            Action::UpdateDiscarded(detail) => {
+                tracing::warn!(peer = %self.config.peer.address, %detail, "malformed UPDATE ignored (RFC 7606)");
+                self.shared().updates_received += 1;
+            }
             Action::AdoptIncoming => {
                 self.close();
                 if let Some(stream) = self.incoming.take() {
@@ -395,6 +462,10 @@ impl Session {
         if !negotiated.families.contains(&self.family) {
             return None;
         }
+        if self.ready_at.is_some() {
+            self.table_pending = true;
+            return None;
+        }
         let wanted = self.wanted.clone();
         let sent = match self.sync_routes(&wanted).await {
             Ok(()) => self.send(&Message::EndOfRib(self.family)).await,
@@ -431,7 +502,7 @@ impl Session {
                 vec![self.config.local_asn]
             },
             next_hop: self.next_hop,
-            med: None,
+            med: adv.med,
             local_pref: if ibgp {
                 Some(adv.local_pref.unwrap_or(100))
             } else {
@@ -462,25 +533,35 @@ impl Session {
     }
 }
 
-/// Reads one message: `Ok(Err(n))` when it is malformed (send `n`), `Err` when the connection
-/// closed.
-async fn read_message(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-) -> io::Result<Result<Message, Notification>> {
+/// One message read off the connection.
+enum Read {
+    Message(Message),
+    /// Malformed, but RFC 7606 keeps the session: what was wrong.
+    Discarded(String),
+    /// Malformed: send this NOTIFICATION and reset.
+    Malformed(Notification),
+}
+
+/// Reads one message; `Err` when the connection closed.
+async fn read_message(rd: &mut tokio::net::tcp::OwnedReadHalf) -> io::Result<Read> {
     let mut header = [0u8; HEADER_LEN];
     rd.read_exact(&mut header).await?;
     let len = match wire::message_len(&header) {
         Ok(len) => len,
-        Err(n) => return Ok(Err(n)),
+        Err(n) => return Ok(Read::Malformed(n)),
     };
     let mut buf = vec![0u8; len];
     buf[..HEADER_LEN].copy_from_slice(&header);
     rd.read_exact(&mut buf[HEADER_LEN..]).await?;
-    Ok(wire::decode(&buf).map_err(|e| {
-        e.notification()
-            .cloned()
-            .unwrap_or_else(|| Notification::new(wire::code::CEASE, 0, []))
-    }))
+    Ok(match wire::decode(&buf) {
+        Ok(msg) => Read::Message(msg),
+        Err(wire::WireError::IgnorableUpdate { detail }) => Read::Discarded(detail),
+        Err(e) => Read::Malformed(
+            e.notification()
+                .cloned()
+                .unwrap_or_else(|| Notification::new(wire::code::CEASE, 0, [])),
+        ),
+    })
 }
 
 /// Accepts connections on `port` for the peers of one family and hands each to its session;

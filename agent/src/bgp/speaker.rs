@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::{
-    session::{self, PeerStatus, SessionConfig, Shared},
+    session::{self, Desired, PeerStatus, SessionConfig, Shared},
     wire::Family,
 };
 use crate::config::BgpConfig;
@@ -27,10 +27,21 @@ struct PeerSlot {
     listener: bool,
 }
 
+/// How [`Speaker::start_with_options`] starts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions {
+    /// Also accept the peers' connections on this port.
+    pub listen_port: Option<u16>,
+    /// The agent restarted and took over a dataplane that kept forwarding (pinned XDP links):
+    /// the first OPEN to each peer sets the graceful-restart R bit and the F bit, so helpers
+    /// keep our routes as stale until our End-of-RIB.
+    pub restarting: bool,
+}
+
 /// The embedded BGP speaker. Dropping it aborts the sessions without a NOTIFICATION; call
 /// [`Speaker::shutdown`] to withdraw and say goodbye.
 pub struct Speaker {
-    desired: watch::Sender<BTreeSet<IpAddr>>,
+    desired: watch::Sender<Desired>,
     stop: watch::Sender<bool>,
     peers: Vec<PeerSlot>,
 }
@@ -49,8 +60,33 @@ impl Speaker {
     /// each family of the configured peers, with their TCP-MD5 keys). Colliding connections
     /// are resolved by BGP Identifier.
     pub fn start_with(config: &BgpConfig, router_id: Ipv4Addr, listen_port: Option<u16>) -> Self {
+        Self::start_with_options(
+            config,
+            router_id,
+            StartOptions {
+                listen_port,
+                restarting: false,
+            },
+        )
+    }
+
+    /// The general form of [`Speaker::start`].
+    pub fn start_with_options(
+        config: &BgpConfig,
+        router_id: Ipv4Addr,
+        options: StartOptions,
+    ) -> Self {
+        let StartOptions {
+            listen_port,
+            restarting,
+        } = options;
         let router_id = config.router_id.unwrap_or(router_id);
-        let (desired, _) = watch::channel(BTreeSet::new());
+        // RFC 4724 carries the restart time in 12 bits; config validation keeps it there.
+        let graceful_restart = u16::try_from(config.graceful_restart_time.as_secs())
+            .ok()
+            .filter(|&secs| secs > 0)
+            .map(|secs| secs.min(4095));
+        let (desired, _) = watch::channel(Desired::default());
         let (stop, _) = watch::channel(false);
         let mut listeners: Vec<(IpAddr, Option<String>, mpsc::Sender<session::Input>)> = Vec::new();
         let mut peers: Vec<PeerSlot> = config
@@ -65,6 +101,8 @@ impl Speaker {
                     router_id,
                     peer: peer.clone(),
                     advertisement: config.advertisement.clone(),
+                    graceful_restart,
+                    restarting,
                 };
                 let task = tokio::spawn(session::run(
                     session,
@@ -113,37 +151,40 @@ impl Speaker {
     /// Adds host routes (/32, /128) for `addrs`.
     pub fn announce(&self, addrs: impl IntoIterator<Item = IpAddr>) {
         let addrs: Vec<IpAddr> = addrs.into_iter().collect();
-        self.desired.send_if_modified(|set| {
-            let before = set.len();
-            set.extend(addrs);
-            set.len() != before
-        });
+        self.update(|set| set.extend(addrs));
     }
 
     /// Removes the host routes for `addrs`.
     pub fn withdraw(&self, addrs: impl IntoIterator<Item = IpAddr>) {
         let addrs: Vec<IpAddr> = addrs.into_iter().collect();
-        self.desired.send_if_modified(|set| {
-            let before = set.len();
+        self.update(|set| {
             for addr in &addrs {
                 set.remove(addr);
             }
-            set.len() != before
         });
     }
 
-    /// Replaces the announced set; every session sends only the difference.
+    /// Replaces the announced set; every session sends only the difference. The first call
+    /// (even with an empty set) also releases the initial table and End-of-RIB that sessions
+    /// hold back after a restart.
     pub fn set_announcements(&self, addrs: BTreeSet<IpAddr>) {
-        self.desired.send_if_modified(|set| {
-            let changed = *set != addrs;
-            *set = addrs;
+        self.update(|set| *set = addrs);
+    }
+
+    /// Applies `change`; notifies the sessions when the set changed or was not ready yet.
+    fn update(&self, change: impl FnOnce(&mut BTreeSet<IpAddr>)) {
+        self.desired.send_if_modified(|desired| {
+            let before = desired.addrs.clone();
+            change(&mut desired.addrs);
+            let changed = desired.addrs != before || !desired.ready;
+            desired.ready = true;
             changed
         });
     }
 
     /// What the speaker wants announced.
     pub fn announcements(&self) -> BTreeSet<IpAddr> {
-        self.desired.borrow().clone()
+        self.desired.borrow().addrs.clone()
     }
 
     /// Every peer's session, in config order.

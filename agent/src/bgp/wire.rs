@@ -93,8 +93,10 @@ pub struct GracefulRestart {
     pub restarting: bool,
     /// Seconds the peer should wait for us to come back.
     pub restart_time: u16,
-    /// Families whose forwarding state survives a restart.
+    /// Families the graceful restart applies to.
     pub families: Vec<Family>,
+    /// The F bit of every listed family: its forwarding state survived the restart.
+    pub forwarding: bool,
 }
 
 /// The capabilities we understand.
@@ -187,6 +189,10 @@ pub enum WireError {
         notification: Notification,
         detail: String,
     },
+    /// An UPDATE whose error RFC 7606 handles with treat-as-withdraw or attribute-discard:
+    /// the session stays up (we ignore received routes anyway).
+    #[error("malformed UPDATE ignored per RFC 7606: {detail}")]
+    IgnorableUpdate { detail: String },
     #[error("cannot encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },
 }
@@ -196,7 +202,7 @@ impl WireError {
     pub fn notification(&self) -> Option<&Notification> {
         match self {
             WireError::Malformed { notification, .. } => Some(notification),
-            WireError::Encode { .. } => None,
+            WireError::IgnorableUpdate { .. } | WireError::Encode { .. } => None,
         }
     }
 }
@@ -218,11 +224,28 @@ pub fn message_len(header: &[u8; HEADER_LEN]) -> Result<usize, Notification> {
     Ok(len)
 }
 
-/// Decodes one whole message (header included).
+/// Decodes one whole message (header included). A malformed UPDATE whose error RFC 7606
+/// lets a session survive comes back as [`WireError::IgnorableUpdate`] (see [`rfc7606`]).
 pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
     let mut ctx = BgpParsingContext::default();
-    let msg = BgpMessage::parse(&mut SliceReader::new(buf), &mut ctx).map_err(malformed)?;
-    from_netgauze(msg)
+    match BgpMessage::parse(&mut SliceReader::new(buf), &mut ctx) {
+        Ok(msg) => from_netgauze(msg),
+        Err(e) => {
+            let err = malformed(e);
+            match rfc7606::ignorable(buf) {
+                Some(reason) => Err(WireError::IgnorableUpdate {
+                    detail: format!("{reason} ({err})"),
+                }),
+                None => Err(err),
+            }
+        }
+    }
+}
+
+/// Whether netgauze parses `buf` (used on UPDATEs rebuilt by [`rfc7606`]).
+fn parses(buf: &[u8]) -> bool {
+    let mut ctx = BgpParsingContext::default();
+    BgpMessage::parse(&mut SliceReader::new(buf), &mut ctx).is_ok()
 }
 
 fn malformed(e: BgpMessageParsingError) -> WireError {
@@ -271,14 +294,15 @@ fn open_from_netgauze(open: &BgpOpenMessage) -> Open {
             }
             BgpCapability::RouteRefresh => caps.route_refresh = true,
             BgpCapability::GracefulRestartCapability(c) => {
+                let afs = c.address_families();
                 caps.graceful_restart = Some(GracefulRestart {
                     restarting: c.restart(),
                     restart_time: c.time(),
-                    families: c
-                        .address_families()
+                    families: afs
                         .iter()
                         .filter_map(|af| Family::from_address_type(af.address_type()))
                         .collect(),
+                    forwarding: !afs.is_empty() && afs.iter().all(|af| af.forwarding_state()),
                 });
             }
             _ => {}
@@ -471,7 +495,7 @@ fn open_to_netgauze(open: &Open) -> BgpOpenMessage {
                 gr.restart_time,
                 gr.families
                     .iter()
-                    .map(|f| GracefulRestartAddressFamily::new(false, f.address_type()))
+                    .map(|f| GracefulRestartAddressFamily::new(gr.forwarding, f.address_type()))
                     .collect::<Vec<_>>(),
             ),
         ));
@@ -639,6 +663,8 @@ fn update_to_netgauze(update: &Update) -> Result<BgpUpdateMessage, WireError> {
 pub fn host_prefix(addr: IpAddr) -> IpNet {
     IpNet::from(addr)
 }
+
+mod rfc7606;
 
 #[cfg(test)]
 mod tests;

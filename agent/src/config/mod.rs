@@ -58,6 +58,14 @@ pub struct BgpConfig {
     pub router_id: Option<Ipv4Addr>,
     pub peers: Vec<PeerConfig>,
     pub advertisement: Advertisement,
+    /// Graceful restart (RFC 4724) restart time; zero: no graceful restart. When the agent's
+    /// connection closes without a NOTIFICATION (the process crashed or was killed, the node
+    /// is alive and its pinned XDP program keeps forwarding), peers keep its routes as stale
+    /// this long while it restarts; it is also how long the routes of an agent that does not
+    /// come back linger. A node that dies outright is unaffected: its hold timer expires with
+    /// a NOTIFICATION, which ends graceful restart (no N bit, RFC 8538), and a SIGTERM
+    /// withdraws and sends Cease first.
+    pub graceful_restart_time: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +83,8 @@ pub struct Advertisement {
     pub communities: Vec<(u16, u16)>,
     pub large_communities: Vec<(u32, u32, u32)>,
     pub local_pref: Option<u32>,
+    /// MULTI_EXIT_DISC on every route.
+    pub med: Option<u32>,
 }
 
 /// What the command line says; every `Some` overrides the file.
@@ -155,6 +165,13 @@ struct RawBgp {
     #[serde(default)]
     peers: Vec<RawPeer>,
     advertisement: Option<RawAdvertisement>,
+    graceful_restart: Option<RawGracefulRestart>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawGracefulRestart {
+    restart_time: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +193,7 @@ struct RawAdvertisement {
     #[serde(default)]
     large_communities: Vec<String>,
     local_pref: Option<u32>,
+    med: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +212,11 @@ struct RawAdmin {
 const DEFAULT_ADMIN: &str = "127.0.0.1:9469";
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_HOLD: Duration = Duration::from_secs(90);
+/// Short on purpose: long enough for an agent restart (a pod restart, an upgrade), short
+/// enough that a node whose agent crashed for good stops attracting traffic soon.
+const DEFAULT_RESTART_TIME: Duration = Duration::from_secs(30);
+/// RFC 4724: the restart time is a 12-bit number of seconds.
+const MAX_RESTART_TIME: u64 = 4095;
 
 fn validate(
     raw: RawConfig,
@@ -314,6 +337,18 @@ fn validate_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let graceful_restart_time = match raw.graceful_restart.and_then(|gr| gr.restart_time) {
+        Some(text) => duration("bgp.gracefulRestart.restartTime", &text)?,
+        None => DEFAULT_RESTART_TIME,
+    };
+    if graceful_restart_time.subsec_nanos() != 0
+        || graceful_restart_time.as_secs() > MAX_RESTART_TIME
+    {
+        return Err(invalid(
+            "bgp.gracefulRestart.restartTime",
+            format!("must be whole seconds, at most {MAX_RESTART_TIME}s (0s disables)"),
+        ));
+    }
     Ok(BgpConfig {
         asn: raw.asn,
         router_id,
@@ -322,7 +357,9 @@ fn validate_bgp(raw: RawBgp) -> Result<BgpConfig, ConfigError> {
             communities,
             large_communities,
             local_pref: adv.local_pref,
+            med: adv.med,
         },
+        graceful_restart_time,
     })
 }
 

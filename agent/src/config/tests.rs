@@ -18,6 +18,9 @@ bgp:
     communities: ["65000:100"]
     largeCommunities: ["65100:1:1"]
     localPref: 100
+    med: 100
+  gracefulRestart:
+    restartTime: 60s
 l2:
   enabled: true
 admin:
@@ -61,6 +64,8 @@ fn the_design_example_parses_with_every_field() {
     assert_eq!(bgp.advertisement.communities, [(65000, 100)]);
     assert_eq!(bgp.advertisement.large_communities, [(65100, 1, 1)]);
     assert_eq!(bgp.advertisement.local_pref, Some(100));
+    assert_eq!(bgp.advertisement.med, Some(100));
+    assert_eq!(bgp.graceful_restart_time, Duration::from_secs(60));
     assert!(config.l2.enabled);
     assert_eq!(config.admin_listen, "127.0.0.1:9469".parse().unwrap());
     assert_eq!(config.bpffs_dir, Path::new(DEFAULT_BPFFS_DIR));
@@ -103,6 +108,30 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(bgp.peers[0].hold_time, Duration::from_secs(90));
     assert_eq!(bgp.peers[0].keepalive_time, Duration::from_secs(30));
     assert_eq!(bgp.peers[0].port, 179);
+    assert_eq!(bgp.graceful_restart_time, DEFAULT_RESTART_TIME);
+    assert_eq!(bgp.advertisement.med, None);
+}
+
+#[test]
+fn graceful_restart_can_be_disabled_and_is_bounded() {
+    let time = |text: &str| {
+        load_text(
+            &format!(
+                "interfaces: [eth0]\nbgp: {{asn: 1, gracefulRestart: {{restartTime: {text}}}}}\n"
+            ),
+            Overrides::default(),
+        )
+        .map(|c| c.bgp.unwrap().graceful_restart_time)
+    };
+    assert_eq!(time("0s").unwrap(), Duration::ZERO);
+    assert_eq!(time("4095s").unwrap(), Duration::from_secs(4095));
+    for bad in ["4096s", "1500ms", "later"] {
+        let message = time(bad).unwrap_err().to_string();
+        assert!(
+            message.contains("bgp.gracefulRestart.restartTime"),
+            "{bad}: {message}"
+        );
+    }
 }
 
 #[test]

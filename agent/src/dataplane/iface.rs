@@ -33,6 +33,15 @@ pub fn name_of(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The first IPv4 address on `name` in the current network namespace (the BGP router id
+/// default).
+pub fn first_ipv4(name: &str) -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|a| a.interface_name == name)
+        .find_map(|a| a.address?.as_sockaddr_in().map(|sin| sin.ip()))
+}
+
 fn hardware_address(name: &str) -> io::Result<[u8; 6]> {
     if name.len() >= libc::IF_NAMESIZE {
         return Err(io::Error::new(
@@ -84,5 +93,6 @@ mod tests {
         assert_eq!(lo.mac, [0; 6]);
         assert_eq!(super::name_of(1).as_deref(), Some("lo"));
         assert!(super::lookup("no-such-if0").is_err());
+        assert_eq!(super::first_ipv4("lo"), Some(std::net::Ipv4Addr::LOCALHOST));
     }
 }

@@ -67,6 +67,8 @@ pub enum LoaderError {
         #[source]
         source: io::Error,
     },
+    #[error("self-check of program {name}: {detail}")]
+    SelfCheck { name: &'static str, detail: String },
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -196,6 +198,46 @@ impl Dataplane {
         };
         self.attached.push(attachment.clone());
         Ok(attachment)
+    }
+
+    /// Runs the uplink program once through `BPF_PROG_RUN` with the self-check frame
+    /// (`vipwire_common::selfcheck`): proves the loaded program runs and passes what is not
+    /// ours; the program logs one info line through aya-log (visible with
+    /// `--bpf-log-level info`).
+    pub fn self_check(&mut self) -> Result<(), LoaderError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        use vipwire_common::selfcheck;
+
+        let frame = selfcheck::FRAME;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (u32 each).
+        let fields = [0, frame.len() as u32, 0, selfcheck::INGRESS_IFINDEX, 0, 0];
+        let ctx: Vec<u8> = fields.iter().flat_map(|f| f.to_ne_bytes()).collect();
+        let mut out = [0u8; selfcheck::FRAME.len()];
+        let name = programs::XDP_UPLINK;
+        let result = uplink_program(&mut self.ebpf)?
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| LoaderError::SelfCheck {
+                name,
+                detail: source.to_string(),
+            })?;
+        const XDP_PASS: u32 = 2;
+        if result.return_value != XDP_PASS || out != frame {
+            return Err(LoaderError::SelfCheck {
+                name,
+                detail: format!(
+                    "expected XDP_PASS with the frame untouched, got verdict {}",
+                    result.return_value
+                ),
+            });
+        }
+        tracing::info!(program = name, "self-check passed");
+        Ok(())
     }
 
     /// Detaches interfaces an earlier agent attached that are no longer configured, and stops

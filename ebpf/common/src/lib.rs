@@ -8,6 +8,7 @@
 pub mod control;
 pub mod counters;
 pub mod l2;
+pub mod selfcheck;
 
 pub use control::{CONTRACT_VERSION, Control};
 pub use counters::Reason;

@@ -7,11 +7,14 @@
 //! line per CPU per occurrence, never one per packet.
 
 use aya_ebpf::{btf_maps::Array, helpers::bpf_ktime_get_ns, macros::btf_map, programs::XdpContext};
-use aya_log_ebpf::warn;
+use aya_log_ebpf::{info, warn};
 use vipwire_common::{
     CONTRACT_VERSION, Control, Reason,
     control::{CONTROL_INDEX, REPORTED_CONTRACT_MISMATCH, REPORTED_STALE},
+    selfcheck,
 };
+
+use crate::{Verdict, parse};
 
 // The literal must equal vipwire_common::maps::CONTROL (checked by the fixture test
 // `contract_maps_match_object`).
@@ -96,5 +99,29 @@ fn warn_stale(ctx: &XdpContext, age_ns: u64, limit_ns: u64) {
     warn!(
         ctx,
         "agent heartbeat stale ({} ns old, limit {} ns): not answering ARP/NDP", age_ns, limit_ns
+    );
+}
+
+/// The attach-time self-check frame (see `vipwire_common::selfcheck`): logged once per check,
+/// passed. Only on `lo`, where XDP is never attached, so wire traffic can never trigger a log.
+#[inline(always)]
+pub fn self_check(ctx: &XdpContext) -> Verdict {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if ingress == selfcheck::INGRESS_IFINDEX
+        && let Some(magic) = parse::ptr_at::<[u8; 8]>(ctx, 14)
+        // SAFETY: ptr_at checked that the 8 bytes lie inside the packet.
+        && unsafe { *magic } == selfcheck::MAGIC
+    {
+        info_self_check(ctx);
+    }
+    Verdict::pass(Reason::Passed)
+}
+
+#[inline(never)]
+fn info_self_check(ctx: &XdpContext) {
+    info!(
+        ctx,
+        "self-check: vipwire_xdp runs, contract v{}", CONTRACT_VERSION
     );
 }

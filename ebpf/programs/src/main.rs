@@ -16,7 +16,7 @@ mod ndp;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use vipwire_common::Reason;
+use vipwire_common::{Reason, selfcheck};
 
 /// What to do with a frame and why: the action is returned, the reason counted.
 #[derive(Clone, Copy)]
@@ -66,6 +66,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
     match ethertype {
         parse::ETH_P_ARP => arp::handle(ctx),
         parse::ETH_P_IPV6 => ndp::handle(ctx),
+        selfcheck::ETHERTYPE => control::self_check(ctx),
         // IPv4, VLAN-tagged (802.1Q/802.1ad: we are not told about VLANs) and the rest.
         _ => Verdict::pass(Reason::Passed),
     }

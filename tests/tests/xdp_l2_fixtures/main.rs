@@ -380,3 +380,26 @@ fn prog_run_refuses_missing_devices_and_runt_frames() {
     assert!(format!("{runt:?}").contains("Invalid argument"), "{runt:?}");
     assert_eq!(h.run(&frame[..14], LO_IFINDEX).verdict, Verdict::Pass);
 }
+
+#[test]
+fn self_check_frame_is_passed_and_logged_once_at_info() {
+    let mut h = XdpHarness::load_with_log_level(aya_log::Level::Info);
+    let frame = vipwire_common::selfcheck::FRAME;
+    let out = h.run(&frame, LO_IFINDEX);
+    assert_eq!(out.verdict, Verdict::Pass);
+    assert_eq!(out.frame, frame, "passed untouched");
+    let logs = h.take_logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].message, "self-check: vipwire_xdp runs, contract v1");
+    assert_eq!(logs[0].level, log::Level::Info);
+
+    let mut wrong_magic = frame;
+    wrong_magic[14] ^= 0xff;
+    assert_eq!(h.run(&wrong_magic, LO_IFINDEX).verdict, Verdict::Pass);
+    assert_eq!(
+        h.take_logs(),
+        Vec::new(),
+        "only the exact self-check frame logs"
+    );
+    assert_eq!(h.counters()[Reason::Passed as usize], 2);
+}

@@ -11,6 +11,7 @@ fn config() -> FsmConfig {
         connect_retry: Duration::from_secs(1),
         connect_retry_max: Duration::from_secs(30),
         graceful_restart: None,
+        restarting: false,
     }
 }
 
@@ -430,4 +431,68 @@ fn held_connection_takes_over_when_ours_fails() {
     let actions = fsm.handle(Event::TcpFailed);
     assert!(actions.contains(&Action::AdoptIncoming));
     assert_eq!(fsm.state(), State::OpenSent);
+}
+
+#[test]
+fn graceful_restart_r_bit_only_until_the_first_session() {
+    let mut fsm = Fsm::new(FsmConfig {
+        graceful_restart: Some(30),
+        restarting: true,
+        ..config()
+    });
+    let gr = fsm
+        .open()
+        .capabilities
+        .graceful_restart
+        .expect("GR capability");
+    assert!(gr.restarting && gr.forwarding, "{gr:?}");
+    assert_eq!((gr.restart_time, gr.families), (30, vec![Family::Ipv4]));
+    fsm.handle(Event::ManualStart);
+    fsm.handle(Event::TcpConnected);
+    fsm.handle(Event::Message(Message::Open(peer_open(9))));
+    fsm.handle(Event::Message(Message::Keepalive));
+    assert_eq!(fsm.state(), State::Established);
+    let gr = fsm
+        .open()
+        .capabilities
+        .graceful_restart
+        .expect("GR capability");
+    assert!(!gr.restarting && gr.forwarding, "{gr:?}");
+
+    // A cold start: neither bit until a session has been up.
+    let fsm = Fsm::new(FsmConfig {
+        graceful_restart: Some(30),
+        ..config()
+    });
+    let gr = fsm
+        .open()
+        .capabilities
+        .graceful_restart
+        .expect("GR capability");
+    assert!(!gr.restarting && !gr.forwarding, "{gr:?}");
+    assert_eq!(
+        Fsm::new(config()).open().capabilities.graceful_restart,
+        None
+    );
+}
+
+#[test]
+fn rfc7606_malformed_update_keeps_the_session() {
+    let (mut fsm, negotiated) = established(9);
+    let actions = fsm.handle(Event::MalformedUpdate("bad ORIGIN".into()));
+    assert_eq!(fsm.state(), State::Established);
+    assert_eq!(
+        actions,
+        [
+            Action::StartTimer(Timer::Hold, negotiated.hold_time),
+            Action::UpdateDiscarded("bad ORIGIN".into())
+        ]
+    );
+    // Before Established an UPDATE of any kind is an FSM error.
+    let mut fsm = open_sent();
+    let actions = fsm.handle(Event::MalformedUpdate("x".into()));
+    assert_eq!(
+        sent_notification(&actions).map(|n| (n.code, n.subcode)),
+        Some((5, 1))
+    );
 }

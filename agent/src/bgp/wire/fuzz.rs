@@ -46,6 +46,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 restarting: false,
                 restart_time: 120,
                 families: vec![Family::Ipv4, Family::Ipv6],
+                forwarding: false,
             }),
         },
     };

@@ -70,6 +70,7 @@ fn open_with_ipv6_and_graceful_restart() {
         restarting: true,
         restart_time: 120,
         families: vec![Family::Ipv4],
+        forwarding: true,
     });
     #[rustfmt::skip]
     let body = [
@@ -77,7 +78,7 @@ fn open_with_ipv6_and_graceful_restart() {
         2, 6, 1, 4, 0, 1, 0, 1,
         2, 6, 1, 4, 0, 2, 0, 1, // MP: IPv6 unicast
         2, 2, 2, 0,
-        2, 8, 64, 6, 0x80, 120, 0, 1, 1, 0, // GR: R bit, 120 s, IPv4 unicast
+        2, 8, 64, 6, 0x80, 120, 0, 1, 1, 0x80, // GR: R bit, 120 s, IPv4 unicast with F bit
         2, 6, 65, 4, 0, 0, 0xfe, 0x4c,
     ];
     pair(&Message::Open(o), &msg(1, &body));
@@ -244,8 +245,73 @@ fn decode_errors_map_to_notifications() {
     body[HEADER_LEN] = 3;
     let n = decode(&body).unwrap_err();
     assert_eq!(n.notification().map(|n| (n.code, n.subcode)), Some((2, 1)));
-    // UPDATE with an attribute length running past the message: 3/x.
-    let bad = msg(2, &[0, 0, 0, 4, 0x40, 1, 9, 0]);
+    // UPDATE whose NLRI claims a 33-bit prefix: 3/x (RFC 7606 keeps session reset).
+    let bad = msg(2, &[0, 0, 0, 0, 33, 1, 2, 3, 4, 5]);
     let n = decode(&bad).unwrap_err();
     assert_eq!(n.notification().map(|n| n.code), Some(3), "{n}");
+}
+
+/// An UPDATE announcing 203.0.113.1/32 with `attrs` as its path attributes.
+fn update_with(attrs: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&u16::try_from(attrs.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(attrs);
+    body.extend_from_slice(&[32, 203, 0, 113, 1]);
+    msg(2, &body)
+}
+
+const GOOD_ATTRS: [u8; 20] = [
+    0x40, 1, 1, 0, // ORIGIN IGP
+    0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9, // AS_PATH [65001]
+    0x40, 3, 4, 10, 0, 0, 1, // NEXT_HOP
+];
+
+#[test]
+fn rfc7606_attribute_errors_are_ignorable() {
+    assert!(matches!(
+        decode(&update_with(&GOOD_ATTRS)),
+        Ok(Message::Update(_))
+    ));
+    let ignorable = |attrs: &[u8], what: &str| match decode(&update_with(attrs)) {
+        Err(WireError::IgnorableUpdate { .. }) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    // An attribute length that runs past the attribute list (section 4).
+    ignorable(&[0x40, 1, 9, 0], "overrun");
+    // Fewer bytes left than an attribute header (section 4).
+    let mut short = GOOD_ATTRS.to_vec();
+    short.extend_from_slice(&[0x40, 1]);
+    ignorable(&short, "trailing bytes");
+    // ORIGIN with an undefined value, and with a bad length (treat-as-withdraw, 7.1).
+    let mut origin = GOOD_ATTRS;
+    origin[3] = 9;
+    ignorable(&origin, "undefined ORIGIN");
+    let mut attrs = vec![0x40, 1, 2, 0, 0];
+    attrs.extend_from_slice(&GOOD_ATTRS[4..]);
+    ignorable(&attrs, "ORIGIN length 2");
+    // NEXT_HOP with a bad length (treat-as-withdraw, 7.3).
+    let mut attrs = GOOD_ATTRS[..13].to_vec();
+    attrs.extend_from_slice(&[0x40, 3, 3, 10, 0, 0]);
+    ignorable(&attrs, "NEXT_HOP length 3");
+}
+
+#[test]
+fn rfc7606_framing_and_mp_errors_still_reset() {
+    let reset = |bytes: &[u8], what: &str| {
+        let err = decode(bytes).expect_err(what);
+        let n = err
+            .notification()
+            .unwrap_or_else(|| panic!("{what}: {err}"));
+        assert_eq!(n.code, 3, "{what}: {n}");
+    };
+    // Withdrawn Routes Length past the message.
+    reset(&msg(2, &[0, 9, 0, 0]), "withdrawn length");
+    // Total Path Attribute Length past the message.
+    reset(&msg(2, &[0, 0, 0, 9, 0x40, 1, 1, 0]), "attribute length");
+    // A withdrawn prefix longer than 32 bits.
+    reset(&msg(2, &[0, 2, 40, 1, 0, 0]), "withdrawn prefix");
+    // MP_REACH_NLRI for IPv6 unicast whose next hop length runs past the attribute (7.11).
+    let mut attrs = GOOD_ATTRS[..13].to_vec();
+    attrs.extend_from_slice(&[0x80, 14, 5, 0, 2, 1, 16, 0xfd]);
+    reset(&update_with(&attrs), "MP_REACH_NLRI");
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask bench <area>`: runs one benchmark area, prints its table and writes
 //! `target/bench/<area>.json` (see testkit::bench).
 
+mod agent;
+mod bgp;
 mod dataplane;
 mod flood;
 
@@ -12,7 +14,11 @@ use testkit::bench::Report;
 type Measure = fn() -> Report;
 
 /// Each area: its name and the function that measures it.
-const AREAS: &[(&str, Measure)] = &[("dataplane", dataplane::measure)];
+const AREAS: &[(&str, Measure)] = &[
+    ("agent", agent::measure),
+    ("bgp", bgp::measure),
+    ("dataplane", dataplane::measure),
+];
 
 fn main() -> ExitCode {
     let area = std::env::args().nth(1).unwrap_or_default();
