@@ -27,9 +27,17 @@ pub fn spawn_announcements(interface: String, ifindex: u32, mac: [u8; 6], addr: 
             if attempt > 0 {
                 tokio::time::sleep(SPACING).await;
             }
-            if let Err(err) = send_once(ifindex, mac, addr) {
-                tracing::warn!(%addr, interface, error = %err, "sending an L2 announcement failed");
-                return;
+            match send_once(ifindex, mac, addr) {
+                Ok(()) => {}
+                // The device queue is full (a mass takeover): this repeat is dropped, the
+                // next may go through; the XDP program answers requests meanwhile.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    tracing::debug!(%addr, interface, "L2 announcement dropped: queue full");
+                }
+                Err(err) => {
+                    tracing::warn!(%addr, interface, error = %err, "sending an L2 announcement failed");
+                    return;
+                }
             }
         }
         tracing::info!(%addr, interface, repeats = REPEATS, "announced VIP takeover");
@@ -59,7 +67,8 @@ fn send_raw(ifindex: u32, frame: &[u8]) -> io::Result<()> {
             socket.as_raw_fd(),
             frame.as_ptr().cast(),
             frame.len(),
-            0,
+            // Never block a runtime worker on a full device queue.
+            libc::MSG_DONTWAIT,
             (&addr as *const libc::sockaddr_ll).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         )

@@ -43,6 +43,8 @@ enum Event {
 pub struct FibWatch {
     rx: mpsc::Receiver<Event>,
     present: HashSet<Ipv4Addr>,
+    /// When the set last went from empty to one route.
+    first: Option<Instant>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -67,6 +69,7 @@ impl FibWatch {
         Self {
             rx,
             present: HashSet::new(),
+            first: None,
             stop,
             thread: Some(thread),
         }
@@ -75,6 +78,11 @@ impl FibWatch {
     /// How many BIRD host routes are in the FIB (as of the events consumed so far).
     pub fn count(&self) -> usize {
         self.present.len()
+    }
+
+    /// When the first route of the current set arrived.
+    pub fn first_added(&self) -> Option<Instant> {
+        self.first
     }
 
     /// Consumes events until `done(present set)` holds; returns the time of the event that
@@ -93,6 +101,9 @@ impl FibWatch {
             match self.rx.recv_timeout(left).ok()? {
                 Event::Route { at, added, dst } => {
                     if added {
+                        if self.present.is_empty() {
+                            self.first = Some(at);
+                        }
                         self.present.insert(dst);
                     } else {
                         self.present.remove(&dst);

@@ -2,7 +2,7 @@
 //! path into GoBGP's RIB that needs no gRPC client (the CLI adds one route per process).
 //!
 //! gobgp 3.10's `mrt inject` exits without waiting for its gRPC stream to drain: the last
-//! ~50-200 paths of a 10,000-path file never reach gobgpd (measured here; the loss varies per
+//! ~50-600 paths of a 10,000-path file never reach gobgpd (measured here; the loss varies per
 //! run). So the file repeats its first [`TAIL`] routes at the end as a sacrificial tail: what
 //! is lost is a repeat, and a repeat that arrives re-adds a path gobgpd already has.
 
@@ -15,7 +15,7 @@ const RIB_IPV4_UNICAST: u16 = 2;
 const PEER_AS4_IPV4: u8 = 0x02;
 const WELL_KNOWN: u8 = 0x40;
 /// Routes repeated at the end of the file (see above).
-const TAIL: usize = 1_000;
+const TAIL: usize = 2_000;
 
 /// The file's bytes: one peer (`peer_id`, `peer_asn`) and a /32 per address, each with ORIGIN
 /// IGP, an empty AS_PATH (GoBGP prepends its own AS towards eBGP peers, as vipwire does) and
