@@ -9,6 +9,7 @@ use crate::{
     admin::{self, doctor},
     config::{self, Overrides},
     dataplane::{paths::PinPaths, status},
+    error_chain,
     run::{self, RunOptions},
 };
 
@@ -306,18 +307,6 @@ fn doctor_command(args: &DoctorArgs) -> ExitCode {
 fn usage_error(err: &dyn std::error::Error) -> ExitCode {
     eprintln!("vipwire: {}", error_chain(err));
     ExitCode::from(EXIT_USAGE)
-}
-
-/// `outer: inner: innermost` on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn default_node_name() -> Option<String> {

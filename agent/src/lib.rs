@@ -10,3 +10,15 @@ pub mod model;
 pub mod run;
 pub mod snapshot;
 pub mod source;
+
+/// `outer: inner: innermost` on one line: every error the agent prints is one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

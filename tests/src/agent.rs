@@ -42,6 +42,14 @@ pub fn run(ns: &Netns, args: &[&str]) -> Output {
         .expect("running vipwire")
 }
 
+/// A loopback address:port free right now, for the agent's `--admin` (it binds it a moment
+/// later).
+pub fn free_loopback_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
 /// A bpffs directory unique to this test, under the host's bpffs (mounted if missing).
 pub struct BpffsDir {
     path: PathBuf,

@@ -224,6 +224,42 @@ impl Netns {
     }
 }
 
+/// A veth pair in the ROOT network namespace, `<prefix><pid><tag>` and its peer `...p`, both
+/// up; deleted on drop. For an agent that must run in the root namespace (to reach the test
+/// apiserver on 127.0.0.1) without touching a real interface.
+pub struct HostVeth {
+    name: String,
+}
+
+impl HostVeth {
+    pub fn new(prefix: &str, tag: &str) -> Self {
+        let name = format!("{prefix}{}{tag}", std::process::id() % 1_000_000);
+        let peer = format!("{name}p");
+        assert!(name.len() < 15, "interface name {name} too long");
+        // A leftover of a killed run with the same PID would make `add` fail.
+        let _ = Command::new("ip")
+            .args(["link", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run_ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        run_ip(&["link", "set", &name, "up"]);
+        run_ip(&["link", "set", &peer, "up"]);
+        Self { name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for HostVeth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
 /// Whether a namespace of that name exists.
 pub fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()

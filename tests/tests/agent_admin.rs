@@ -7,7 +7,7 @@
 //! end of a veth pair named per test, so the test reaches its admin port on 127.0.0.1.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::Path,
     process::{Command, Output},
     time::Duration,
@@ -16,49 +16,12 @@ use std::{
 use serde_json::{Value, json};
 use testkit::{
     agent::{self, BpffsDir},
+    netlab::HostVeth,
     process::{Daemon, wait_for},
 };
 
 const NODE: &str = "node-a";
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-struct HostVeth {
-    name: String,
-}
-
-impl HostVeth {
-    fn new(tag: &str) -> Self {
-        let name = format!("va{}{tag}", std::process::id() % 1_000_000);
-        let peer = format!("{name}p");
-        let _ = Command::new("ip")
-            .args(["link", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        ip(&["link", "set", &name, "up"]);
-        ip(&["link", "set", &peer, "up"]);
-        Self { name }
-    }
-}
-
-impl Drop for HostVeth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("running ip");
-    assert!(status.success(), "ip {args:?} failed");
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
 
 fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     vipwire::admin::client::get(admin, path).ok()
@@ -99,7 +62,7 @@ fn start_agent(dir: &Path, veth: &HostVeth, bpffs: &BpffsDir, admin: SocketAddr)
     let mut command = Command::new(agent::binary());
     command
         .args(["run", "--manifests", dir.join("m").to_str().unwrap()])
-        .args(["--node-name", NODE, "--interface", &veth.name])
+        .args(["--node-name", NODE, "--interface", veth.name()])
         .args(["--bpffs-dir", bpffs.as_str(), "--admin", &admin.to_string()])
         .args(["--heartbeat-timeout", "2s"])
         .env("RUST_LOG", "info");
@@ -113,9 +76,9 @@ fn readyz_metrics_status_fallback_and_doctor() {
     std::fs::create_dir(&manifests).unwrap();
     // Broken input first: the agent runs, attaches, but is not ready.
     std::fs::write(manifests.join("broken.yaml"), "kind: [unclosed\n").unwrap();
-    let veth = HostVeth::new("a");
+    let veth = HostVeth::new("va", "a");
     let bpffs = BpffsDir::new("admin");
-    let admin = free_port();
+    let admin = agent::free_loopback_port();
     let mut agent = start_agent(dir.path(), &veth, &bpffs, admin);
 
     let (code, body) = wait_for("/healthz", TIMEOUT, || {
@@ -169,7 +132,7 @@ fn readyz_metrics_status_fallback_and_doctor() {
     );
     let answered = format!(
         r#"vipwire_vip_answered_total{{vip="203.0.113.10",interface="{}"}}"#,
-        veth.name
+        veth.name()
     );
     assert_eq!(metric(&text, &answered), Some(0.0), "{text}");
     let age = metric(&text, "vipwire_heartbeat_age_seconds").expect("heartbeat age");
@@ -196,7 +159,7 @@ fn readyz_metrics_status_fallback_and_doctor() {
     assert_eq!(status["buggy_vips"], json!(["203.0.113.255"]));
     assert_eq!(status["heartbeat"]["fresh"], json!(true));
     // A superset of the pinned-maps output: the same dataplane fields at the top level.
-    assert_eq!(status["interfaces"][0]["name"], json!(veth.name));
+    assert_eq!(status["interfaces"][0]["name"], json!(veth.name()));
     assert_eq!(status["interfaces"][0]["vips"].as_array().unwrap().len(), 2);
     let text = vipwire(&["status", "--admin", &admin_arg]);
     let text = String::from_utf8_lossy(&text.stdout);
@@ -224,11 +187,11 @@ fn readyz_metrics_status_fallback_and_doctor() {
         "{report}"
     );
     assert!(
-        report.contains(&format!("rp_filter on {}", veth.name)),
+        report.contains(&format!("rp_filter on {}", veth.name())),
         "{report}"
     );
     assert!(
-        report.contains(&format!("interface {}: XDP", veth.name)),
+        report.contains(&format!("interface {}: XDP", veth.name())),
         "{report}"
     );
 

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     process::Command,
     sync::{
         Arc,
@@ -32,52 +32,13 @@ use testkit::{
     KubeApi,
     agent::{self, BpffsDir},
     kube::LIMITED_USER,
+    netlab::HostVeth,
     process::{Daemon, wait_for},
 };
 
 const NODE: &str = "node-k";
 /// Generous: after an outage the watchers retry on the default backoff (up to 30 s).
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// A veth pair in the root namespace with a name unique to this test; deleted on drop.
-struct HostVeth {
-    name: String,
-}
-
-impl HostVeth {
-    fn new(tag: &str) -> Self {
-        let name = format!("vk{}{tag}", std::process::id() % 1_000_000);
-        let peer = format!("{name}p");
-        let _ = Command::new("ip")
-            .args(["link", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        ip(&["link", "set", &name, "up"]);
-        ip(&["link", "set", &peer, "up"]);
-        Self { name }
-    }
-}
-
-impl Drop for HostVeth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("running ip");
-    assert!(status.success(), "ip {args:?} failed");
-}
-
-/// A loopback port free right now (the agent binds it a moment later).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
 
 fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     vipwire::admin::client::get(admin, path).ok()
@@ -282,13 +243,13 @@ async fn lab(tag: &str) -> Lab {
     let ns = kube.namespace().await;
     grant_agent_rbac(&admin_client).await;
     create_ready_node(&admin_client).await;
-    let veth = HostVeth::new(tag);
+    let veth = HostVeth::new("vk", tag);
     let bpffs = BpffsDir::new(&format!("kube-{tag}"));
-    let admin = free_port();
+    let admin = agent::free_loopback_port();
     let log = kube.dir().join(format!("agent-{tag}.log"));
     let mut command = Command::new(agent::binary());
     command
-        .args(["run", "--node-name", NODE, "--interface", &veth.name])
+        .args(["run", "--node-name", NODE, "--interface", veth.name()])
         .args(["--bpffs-dir", bpffs.as_str(), "--admin", &admin.to_string()])
         .args(["--heartbeat-timeout", "2s", "--cleanup-on-exit"])
         .env("KUBECONFIG", kube.limited_kubeconfig())

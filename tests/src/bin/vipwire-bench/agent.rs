@@ -38,6 +38,7 @@ use testkit::{
     KubeApi,
     agent::BpffsDir,
     bench::{Measurement, Report, Target},
+    netlab::HostVeth,
     process::Daemon,
 };
 use vipwire::dataplane::paths::PinPaths;
@@ -66,7 +67,7 @@ const MANIFESTS_DEBOUNCE_MS: f64 = 150.0;
 
 pub fn measure() -> Report {
     let binary = agent_binary();
-    let veth = HostVeth::new();
+    let veth = HostVeth::new("vwb", "");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -461,11 +462,11 @@ fn run_agent(
     let admin = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let ifindex = vipwire::dataplane::iface::lookup(&veth.name)
+    let ifindex = vipwire::dataplane::iface::lookup(veth.name())
         .expect("the bench veth")
         .ifindex;
     command
-        .args(["run", "--node-name", NODE, "--interface", &veth.name])
+        .args(["run", "--node-name", NODE, "--interface", veth.name()])
         .args(["--bpffs-dir", bpffs.as_str(), "--admin", &admin.to_string()])
         .arg("--cleanup-on-exit")
         .args(extra_args);
@@ -637,39 +638,6 @@ fn agent_binary() -> PathBuf {
         binary.display()
     );
     binary
-}
-
-/// A veth pair in the root namespace named for this process; deleted on drop.
-struct HostVeth {
-    name: String,
-}
-
-impl HostVeth {
-    fn new() -> Self {
-        let name = format!("vwb{}", std::process::id() % 1_000_000);
-        let peer = format!("{name}p");
-        let _ = Command::new("ip")
-            .args(["link", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        for args in [
-            vec!["link", "add", &name, "type", "veth", "peer", "name", &peer],
-            vec!["link", "set", &name, "up"],
-            vec!["link", "set", &peer, "up"],
-        ] {
-            let status = Command::new("ip").args(&args).status().expect("running ip");
-            assert!(status.success(), "ip {args:?} failed");
-        }
-        Self { name }
-    }
-}
-
-impl Drop for HostVeth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .status();
-    }
 }
 
 #[cfg(test)]
