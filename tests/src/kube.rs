@@ -27,10 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeStatus};
 use kube::{
     Api, Client, Config,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -513,4 +513,36 @@ fn sweep_stale() {
     for dir in stale {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Creates Node `name` and marks it Ready through the status subresource (no kubelet here).
+pub async fn create_ready_node(client: &kube::Client, name: &str) {
+    let nodes = kube::Api::<Node>::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|e| panic!("creating Node {name}: {e}"));
+    let status = NodeStatus {
+        conditions: Some(vec![NodeCondition {
+            type_: "Ready".to_owned(),
+            status: "True".to_owned(),
+            ..NodeCondition::default()
+        }]),
+        ..NodeStatus::default()
+    };
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("marking Node {name} Ready: {e}"));
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Node, NodeCondition, NodeStatus, Service, ServicePort, ServiceSpec},
+    core::v1::{Service, ServicePort, ServiceSpec},
     discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
 };
@@ -129,36 +129,6 @@ async fn grant_agent_rbac(admin: &Client) {
         .expect("creating the ClusterRoleBinding");
 }
 
-async fn create_ready_node(admin: &Client) {
-    let nodes = Api::<Node>::all(admin.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &Node {
-                metadata: meta(NODE, None),
-                ..Node::default()
-            },
-        )
-        .await
-        .expect("creating the Node");
-    let status = NodeStatus {
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".to_owned(),
-            status: "True".to_owned(),
-            ..NodeCondition::default()
-        }]),
-        ..NodeStatus::default()
-    };
-    nodes
-        .patch_status(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .expect("marking the Node Ready");
-}
-
 /// A LoadBalancer Service with `vip` in its status, plus a slice with one endpoint on [`NODE`].
 async fn create_service(admin: &Client, ns: &str, name: &str, vip: &str) {
     let service = Service {
@@ -242,7 +212,7 @@ async fn lab(tag: &str) -> Lab {
     let admin_client = kube.client().await;
     let ns = kube.namespace().await;
     grant_agent_rbac(&admin_client).await;
-    create_ready_node(&admin_client).await;
+    testkit::kube::create_ready_node(&admin_client, NODE).await;
     let veth = HostVeth::new("vk", tag);
     let bpffs = BpffsDir::new(&format!("kube-{tag}"));
     let admin = agent::free_loopback_port();

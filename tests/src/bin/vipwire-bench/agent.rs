@@ -26,7 +26,7 @@ use std::{
 use aya::maps::{Map, MapData, PerCpuHashMap};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{
-    core::v1::{Node, NodeCondition, NodeStatus, Service, ServicePort, ServiceSpec},
+    core::v1::{Service, ServicePort, ServiceSpec},
     discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
 };
 use kube::{
@@ -230,7 +230,7 @@ async fn kube_runs(binary: &Path, veth: &HostVeth) -> Vec<Run> {
     let kube = KubeApi::start();
     let client = kube.client().await;
     let ns = kube.namespace().await;
-    create_ready_node(&client).await;
+    testkit::kube::create_ready_node(&client, NODE).await;
     let mut runs = Vec::new();
     let mut created = 0;
     for services in SIZES {
@@ -276,36 +276,6 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
         namespace: namespace.map(str::to_owned),
         ..ObjectMeta::default()
     }
-}
-
-async fn create_ready_node(client: &Client) {
-    let nodes = Api::<Node>::all(client.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &Node {
-                metadata: meta(NODE, None),
-                ..Node::default()
-            },
-        )
-        .await
-        .expect("creating the Node");
-    let status = NodeStatus {
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".to_owned(),
-            status: "True".to_owned(),
-            ..NodeCondition::default()
-        }]),
-        ..NodeStatus::default()
-    };
-    nodes
-        .patch_status(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .expect("marking the Node Ready");
 }
 
 async fn create_service(client: &Client, ns: &str, i: usize) {
