@@ -4,6 +4,7 @@ pub mod heartbeat;
 pub mod iface;
 pub mod l2;
 pub mod loader;
+pub mod maglev;
 pub mod logs;
 pub mod paths;
 pub mod status;
