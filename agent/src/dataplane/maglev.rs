@@ -116,7 +116,8 @@ mod tests {
     fn backends(n: u32) -> Vec<(SocketAddr, u32)> {
         (0..n)
             .map(|i| {
-                let addr = SocketAddr::from(([10, 244, (i / 250) as u8, (i % 250 + 2) as u8], 8080));
+                let addr =
+                    SocketAddr::from(([10, 244, (i / 250) as u8, (i % 250 + 2) as u8], 8080));
                 (addr, 100 + i)
             })
             .collect()
@@ -154,7 +155,10 @@ mod tests {
                 // Maglev fills round-robin: every backend ends within one slot per round of
                 // the others; the paper's bound for M ≥ 100 N is about 1 %, allow 2 %.
                 let off = (count as f64 - even).abs() / even;
-                assert!(off < 0.02, "size {size} n {n} id {id}: {count} vs {even:.1}");
+                assert!(
+                    off < 0.02,
+                    "size {size} n {n} id {id}: {count} vs {even:.1}"
+                );
             }
         }
     }
@@ -196,7 +200,10 @@ mod tests {
         let after = populate(size, &backends(5));
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let share = f64::from(size) / 5.0;
-        assert!((moved as f64) < share * 1.15, "{moved} moved, share {share:.0}");
+        assert!(
+            (moved as f64) < share * 1.15,
+            "{moved} moved, share {share:.0}"
+        );
     }
 
     #[test]
@@ -223,7 +230,12 @@ mod tests {
     #[test]
     fn ipv4_and_ipv6_keys_fill_tables() {
         let v6: Vec<_> = (0..4u16)
-            .map(|i| (SocketAddr::new("fd00::10".parse().unwrap(), 80 + i), u32::from(i) + 1))
+            .map(|i| {
+                (
+                    SocketAddr::new("fd00::10".parse().unwrap(), 80 + i),
+                    u32::from(i) + 1,
+                )
+            })
             .collect();
         let table = populate(509, &v6);
         assert_eq!(shares(&table).len(), 4);

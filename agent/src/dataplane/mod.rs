@@ -3,10 +3,12 @@
 pub mod heartbeat;
 pub mod iface;
 pub mod l2;
+pub mod l4;
 pub mod loader;
-pub mod maglev;
 pub mod logs;
+pub mod maglev;
 pub mod paths;
+pub mod route;
 pub mod status;
 
 /// The BPF object built by `build.rs` from `ebpf/programs`, embedded in the agent binary.
