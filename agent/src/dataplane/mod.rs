@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod paths;
 pub mod route;
 pub mod status;
+pub mod tc;
 
 /// The BPF object built by `build.rs` from `ebpf/programs`, embedded in the agent binary.
 pub fn bpf_object() -> &'static [u8] {

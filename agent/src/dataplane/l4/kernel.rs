@@ -163,7 +163,7 @@ pub(super) fn service_key(frontend: &Frontend) -> ServiceKey {
     }
 }
 
-fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+pub(super) fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
     let protocol = match key.proto {
         IPPROTO_TCP => Protocol::Tcp,
         IPPROTO_UDP => Protocol::Udp,

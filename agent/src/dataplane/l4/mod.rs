@@ -14,6 +14,7 @@
 pub mod ids;
 mod kernel;
 pub mod plan;
+pub mod status;
 
 #[cfg(test)]
 mod tests;
