@@ -56,6 +56,56 @@ pub const fn v4_mapped(addr_be: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// Whether a 16-byte address is IPv4-mapped, i.e. stands for an IPv4 address.
+#[inline(always)]
+pub const fn is_v4_mapped(addr_be: &[u8; 16]) -> bool {
+    let head = u64::from_ne_bytes([
+        addr_be[0], addr_be[1], addr_be[2], addr_be[3], addr_be[4], addr_be[5], addr_be[6],
+        addr_be[7],
+    ]);
+    head == 0 && addr_be[8] == 0 && addr_be[9] == 0 && addr_be[10] == 0xff && addr_be[11] == 0xff
+}
+
+/// Bits in the VIP filter: a power of two.
+pub const VIP_FILTER_BITS: u32 = 65536;
+const VIP_FILTER_WORDS: usize = (VIP_FILTER_BITS / 64) as usize;
+
+/// The single value (index 0) of `vipwire_vip_filter_v1` (`ARRAY[1]`): a one-hash Bloom filter
+/// of every VIP with a frontend. The XDP program tests the destination of each IP packet here
+/// before anything else, so traffic that is not for a VIP pays an inlined array lookup and one
+/// load instead of a hash map lookup. The agent sets the bit of each VIP ([`vip_filter_bit`])
+/// and clears a bit only when no VIP maps to it any more.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipFilter {
+    pub words: [u64; VIP_FILTER_WORDS],
+}
+const _: () = assert!(size_of::<VipFilter>() == 8192);
+
+impl VipFilter {
+    pub const EMPTY: Self = Self {
+        words: [0; VIP_FILTER_WORDS],
+    };
+}
+
+/// The filter bit of a VIP (16 bytes, IPv4-mapped for IPv4): a multiplicative hash of the
+/// address folded to 32 bits. Kernel and agent share this one definition.
+#[inline(always)]
+pub const fn vip_filter_bit(addr_be: &[u8; 16]) -> u32 {
+    let a = u32::from_ne_bytes([addr_be[0], addr_be[1], addr_be[2], addr_be[3]]);
+    let b = u32::from_ne_bytes([addr_be[4], addr_be[5], addr_be[6], addr_be[7]]);
+    let c = u32::from_ne_bytes([addr_be[8], addr_be[9], addr_be[10], addr_be[11]]);
+    let d = u32::from_ne_bytes([addr_be[12], addr_be[13], addr_be[14], addr_be[15]]);
+    vip_filter_bit_folded(a ^ b ^ c ^ d)
+}
+
+/// [`vip_filter_bit`] from the XOR of the address's four 32-bit words (native order), for
+/// callers that read the words one at a time.
+#[inline(always)]
+pub const fn vip_filter_bit_folded(folded: u32) -> u32 {
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
 /// Key of `vipwire_services_v1` (`HASH`): a frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,4 +328,5 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::VipFilter {}
 }

@@ -50,6 +50,8 @@ pub mod maps {
     /// `PERCPU_ARRAY[Reason::COUNT]` -> `u64`: packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "vipwire_counters_v1";
 
+    /// `ARRAY[1]` -> [`crate::l4::VipFilter`]: which destinations may be VIPs.
+    pub const VIP_FILTER: &str = "vipwire_vip_filter_v1";
     /// `HASH` [`crate::l4::ServiceKey`] -> [`crate::l4::ServiceValue`]: frontends steered.
     pub const SERVICES: &str = "vipwire_services_v1";
     /// `HASH` [`crate::l4::MaglevKey`] -> [`crate::l4::MaglevChunk`]: Maglev tables.
@@ -69,7 +71,7 @@ pub mod maps {
     pub const SERVICE_STATS: &str = "vipwire_service_stats_v1";
 
     /// Every contract map (not aya-log's `AYA_LOGS` ring buffer or the `.rodata` globals).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         L2_VIP4,
         L2_VIP6,
         IFACES,
@@ -83,5 +85,6 @@ pub mod maps {
         SOURCE_RANGES,
         FRAGMENTS,
         SERVICE_STATS,
+        VIP_FILTER,
     ];
 }
