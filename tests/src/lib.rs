@@ -6,6 +6,8 @@ pub mod agent;
 pub mod bench;
 pub mod bpf;
 pub mod kube;
+pub mod l4packets;
+pub mod l4tables;
 pub mod netlab;
 pub mod packets;
 pub mod peer;
