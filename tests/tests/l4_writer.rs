@@ -271,3 +271,115 @@ fn delivery_program_is_pinned_per_interface_and_taken_over() {
     assert!(!link.exists());
     plane.cleanup().unwrap();
 }
+
+/// Runs the loaded uplink program once (BPF_PROG_RUN, ingress `lo`): the verdict, the
+/// backend id in the `XdpMeta` (0 when there is none) and the frame after it.
+fn run_xdp(plane: &mut Dataplane, frame: &[u8]) -> (u32, u32, Vec<u8>) {
+    use aya::programs::{TestRun, TestRunOptions, Xdp};
+    let program: &mut Xdp = plane
+        .ebpf_mut()
+        .program_mut(vipwire_common::programs::XDP_UPLINK)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex (lo), rx_queue, egress.
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, 1, 0, 0]
+        .iter()
+        .flat_map(|f: &u32| f.to_ne_bytes())
+        .collect();
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_RUN");
+    out.truncate(result.data_size_out as usize);
+    let magic = u32::from_ne_bytes(out[..4].try_into().unwrap());
+    if magic == vipwire_common::l4::XDP_META_MAGIC {
+        let backend = u32::from_ne_bytes(out[4..8].try_into().unwrap());
+        (result.return_value, backend, out[8..].to_vec())
+    } else {
+        (result.return_value, 0, out)
+    }
+}
+
+/// The destination address (IPv4) of a frame: Ethernet 14 + IPv4 offset 16.
+fn dst4(frame: &[u8]) -> IpAddr {
+    IpAddr::from(<[u8; 4]>::try_from(&frame[30..34]).unwrap())
+}
+
+#[test]
+fn written_tables_steer_flows_and_keep_established_ones() {
+    use testkit::l4packets::{Flow, TCP};
+    require_root();
+    const XDP_PASS: u32 = 2;
+    let dir = BpffsDir::new("l4steer");
+    let pod_a = HostVeth::new("vl4", "s");
+    let (a1, a2) = (pod(12), pod(13));
+    route_to(a1, pod_a.name());
+    route_to(a2, pod_a.name());
+    let web = frontend("192.0.2.81", 80);
+    use BackendState::{Active, Draining};
+    let mut plane = open(&dir);
+    plane
+        .apply_l4(&BTreeMap::from([(
+            web,
+            service(&[(a1, Active), (a2, Active)]),
+        )]))
+        .unwrap();
+    let ids = backends(&dir);
+    let flow = |sport| Flow {
+        src: "198.51.100.9".parse().unwrap(),
+        dst: web.vip,
+        sport,
+        dport: 80,
+        proto: TCP,
+    };
+    // Find one flow per backend.
+    let mut by_backend: BTreeMap<u32, u16> = BTreeMap::new();
+    for sport in 40000..40100 {
+        let (verdict, backend, frame) = run_xdp(&mut plane, &flow(sport).frame());
+        assert_eq!(verdict, XDP_PASS);
+        assert!(
+            ids.contains_key(&backend),
+            "steered to a written backend: {backend}"
+        );
+        assert_eq!(
+            dst4(&frame),
+            if backend == id_of(&ids, a1) { a1 } else { a2 }
+        );
+        by_backend.entry(backend).or_insert(sport);
+    }
+    assert_eq!(
+        by_backend.len(),
+        2,
+        "Maglev spreads flows over both backends"
+    );
+    let (a1_id, a2_id) = (id_of(&ids, a1), id_of(&ids, a2));
+    let a2_flow = by_backend[&a2_id];
+
+    // a2 drains: its established flow stays, new flows all go to a1.
+    plane
+        .apply_l4(&BTreeMap::from([(
+            web,
+            service(&[(a1, Active), (a2, Draining)]),
+        )]))
+        .unwrap();
+    assert_eq!(run_xdp(&mut plane, &flow(a2_flow).frame()).1, a2_id);
+    for sport in 41000..41020 {
+        assert_eq!(run_xdp(&mut plane, &flow(sport).frame()).1, a1_id);
+    }
+    // a2 is gone: its flow is re-balanced onto a1.
+    plane
+        .apply_l4(&BTreeMap::from([(web, service(&[(a1, Active)]))]))
+        .unwrap();
+    assert_eq!(run_xdp(&mut plane, &flow(a2_flow).frame()).1, a1_id);
+    // No service: the VIP is not ours any more, the frame passes untouched.
+    plane.apply_l4(&BTreeMap::new()).unwrap();
+    let frame = flow(40000).frame();
+    assert_eq!(run_xdp(&mut plane, &frame), (XDP_PASS, 0, frame));
+    plane.cleanup().unwrap();
+}

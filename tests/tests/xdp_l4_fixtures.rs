@@ -301,17 +301,9 @@ fn established_flow_keeps_its_backend_until_it_is_gone() {
     // The endpoint set changes: every slot now names the other backend.
     fill_maglev(&mut h, 10, 2039, &[other.0]);
     let again = steer(&mut h, &f.frame());
-    assert_eq!(
-        verify(&again).dst,
-        first_dst,
-        "established flow stays"
-    );
+    assert_eq!(verify(&again).dst, first_dst, "established flow stays");
     let new = steer(&mut h, &flow(CLIENT4, VIP4, 42001, 7001, TCP).frame());
-    assert_eq!(
-        verify(&new).dst,
-        ip(other.1),
-        "new flows follow the table"
-    );
+    assert_eq!(verify(&new).dst, ip(other.1), "new flows follow the table");
     // Its backend is removed: the flow is re-balanced.
     let gone = if other.0 == 11 { 14 } else { 11 };
     remove_backend(&mut h, gone);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use aya::{
     Ebpf,
     maps::{
-        HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
     util::nr_cpus,
@@ -15,7 +15,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use vipwire_common::{
     l4::{
         BackendValue, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK_SLOTS, MaglevChunk,
-        MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
+        MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter,
     },
     maps,
 };
@@ -33,6 +33,7 @@ pub(super) struct Maps<'a> {
     backends: HashMap<&'a mut MapData, u32, BackendValue>,
     ranges: LpmTrie<&'a mut MapData, SourceRange, u8>,
     stats: PerCpuArray<&'a mut MapData, ServiceStats>,
+    filter: Array<&'a mut MapData, VipFilter>,
 }
 
 impl<'a> Maps<'a> {
@@ -42,6 +43,7 @@ impl<'a> Maps<'a> {
         let mut backends = None;
         let mut ranges = None;
         let mut stats = None;
+        let mut filter = None;
         // One pass over the object's maps: several of them are borrowed mutably at once.
         for (name, map) in ebpf.maps_mut() {
             match name {
@@ -50,6 +52,7 @@ impl<'a> Maps<'a> {
                 maps::BACKENDS => backends = Some(map),
                 maps::SOURCE_RANGES => ranges = Some(map),
                 maps::SERVICE_STATS => stats = Some(map),
+                maps::VIP_FILTER => filter = Some(map),
                 _ => {}
             }
         }
@@ -65,6 +68,8 @@ impl<'a> Maps<'a> {
                 .map_err(|e| map_error(maps::SOURCE_RANGES, e))?,
             stats: PerCpuArray::try_from(need(stats, maps::SERVICE_STATS)?)
                 .map_err(|e| map_error(maps::SERVICE_STATS, e))?,
+            filter: Array::try_from(need(filter, maps::VIP_FILTER)?)
+                .map_err(|e| map_error(maps::VIP_FILTER, e))?,
         })
     }
 
@@ -120,6 +125,17 @@ impl<'a> Maps<'a> {
             Op::DelBackend { id } => {
                 ignore_missing(self.backends.remove(id)).map_err(|e| map_error(maps::BACKENDS, e))
             }
+            Op::PutFilter { bits } => {
+                let mut value = VipFilter::EMPTY;
+                for &bit in bits {
+                    if let Some(word) = value.words.get_mut((bit / 64) as usize) {
+                        *word |= 1 << (bit % 64);
+                    }
+                }
+                self.filter
+                    .set(0, value, 0)
+                    .map_err(|e| map_error(maps::VIP_FILTER, e))
+            }
         }
     }
 }
@@ -144,6 +160,17 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
     for item in maps.backends.iter() {
         let (id, value) = item.map_err(|e| map_error(maps::BACKENDS, e))?;
         mirror.backends.insert(id, value);
+    }
+    let filter = maps
+        .filter
+        .get(&0, 0)
+        .map_err(|e| map_error(maps::VIP_FILTER, e))?;
+    for (i, word) in filter.words.iter().enumerate() {
+        for bit in 0..64 {
+            if word & (1 << bit) != 0 {
+                mirror.filter.insert(i as u32 * 64 + bit);
+            }
+        }
     }
     for key in maps.ranges.keys() {
         let key = key.map_err(|e| map_error(maps::SOURCE_RANGES, e))?;

@@ -10,7 +10,7 @@ use std::{
 use ipnet::IpNet;
 use vipwire_common::l4::{
     BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MAGLEV_CHUNK_SLOTS, SERVICE_AFFINITY,
-    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue, v4_mapped,
+    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue, v4_mapped, vip_filter_bit,
 };
 
 use super::{BackendView, L4Error, ServiceView, ids::Ids};
@@ -58,6 +58,10 @@ pub enum Op {
     DelBackend {
         id: u32,
     },
+    /// The whole VIP filter (`vipwire_vip_filter_v1`), as the set bits.
+    PutFilter {
+        bits: BTreeSet<u32>,
+    },
 }
 
 /// What the maps hold (as far as this agent wrote or read them back).
@@ -67,6 +71,8 @@ pub struct Mirror {
     pub chunks: BTreeMap<(u32, u32), Vec<u32>>,
     pub ranges: BTreeSet<(u32, IpNet)>,
     pub backends: BTreeMap<u32, BackendValue>,
+    /// Bits set in the VIP filter.
+    pub filter: BTreeSet<u32>,
 }
 
 impl Mirror {
@@ -102,6 +108,7 @@ impl Mirror {
             Op::DelBackend { id } => {
                 self.backends.remove(id);
             }
+            Op::PutFilter { bits } => self.filter.clone_from(bits),
         }
     }
 
@@ -268,6 +275,19 @@ impl Planner {
             }
         }
 
+        // The XDP program looks at a packet only when its destination's filter bit is set:
+        // set new VIPs' bits before their services exist, clear bits only after the last
+        // service of a VIP is gone.
+        let wanted_bits: BTreeSet<u32> = desired
+            .keys()
+            .map(|f| vip_filter_bit(&addr16(f.vip)))
+            .collect();
+        if !wanted_bits.is_subset(&self.mirror.filter) {
+            plan.ops.push(Op::PutFilter {
+                bits: self.mirror.filter.union(&wanted_bits).copied().collect(),
+            });
+        }
+
         let mut live_ids: BTreeSet<u32> = BTreeSet::new();
         for (frontend, service) in changed {
             let id = match self.mirror.services.get(frontend) {
@@ -319,6 +339,9 @@ impl Planner {
             }
         }
 
+        if !self.mirror.filter.is_subset(&wanted_bits) {
+            plan.ops.push(Op::PutFilter { bits: wanted_bits });
+        }
         for (&id, value) in &self.mirror.backends {
             if !wanted.contains_key(&backend_key(value)) {
                 plan.ops.push(Op::DelBackend { id });

@@ -264,6 +264,7 @@ fn orphaned_chunks_and_ranges_are_swept_once() {
     let mut planner = Planner::new(251, mirror);
     let ops = apply(&mut planner, &BTreeMap::new());
     assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(!ops.iter().any(|op| matches!(op, Op::PutFilter { .. })));
     assert_eq!(planner.mirror(), &Mirror::default());
 }
 
@@ -281,6 +282,39 @@ fn only_changed_frontends_are_replanned() {
     apply(&mut planner, &desired);
     desired.insert(frontend("192.0.2.200", 80), service(active(&["10.0.2.1"])));
     let ops = apply(&mut planner, &desired);
-    // One backend, one chunk, stats, one service.
-    assert_eq!(ops.len(), 4, "{ops:?}");
+    // The VIP's filter bit, one backend, one chunk, stats, one service.
+    assert_eq!(ops.len(), 5, "{ops:?}");
+}
+
+#[test]
+fn vip_filter_bits_are_set_before_services_and_cleared_after() {
+    let mut planner = Planner::new(251, Mirror::default());
+    let (f1, f2) = (frontend("192.0.2.1", 80), frontend("192.0.2.1", 443));
+    let desired = BTreeMap::from([(f1, service(active(&["10.0.0.2"])))]);
+    let ops = apply(&mut planner, &desired);
+    let filter = position(&ops, |op| matches!(op, Op::PutFilter { .. }));
+    let svc = position(&ops, |op| matches!(op, Op::PutService { .. }));
+    assert!(filter < svc, "{ops:?}");
+    assert_eq!(planner.mirror().filter.len(), 1);
+    // A second port of the same VIP: same bit, no filter write.
+    let both = BTreeMap::from([
+        (f1, service(active(&["10.0.0.2"]))),
+        (f2, service(Vec::new())),
+    ]);
+    let ops = apply(&mut planner, &both);
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::PutFilter { .. })),
+        "{ops:?}"
+    );
+    // One port left: the VIP still has a frontend, the bit stays.
+    let ops = apply(&mut planner, &BTreeMap::from([(f2, service(Vec::new()))]));
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::PutFilter { .. })),
+        "{ops:?}"
+    );
+    let ops = apply(&mut planner, &BTreeMap::new());
+    let del = position(&ops, |op| matches!(op, Op::DelService { .. }));
+    let filter = position(&ops, |op| matches!(op, Op::PutFilter { .. }));
+    assert!(del < filter, "{ops:?}");
+    assert!(planner.mirror().filter.is_empty());
 }
