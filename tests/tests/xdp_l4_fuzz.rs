@@ -166,7 +166,7 @@ fn non_vip_frames_pass_untouched_and_steered_ones_are_well_formed() {
     let runs = env_u64("VIPWIRE_FUZZ_RUNS", DEFAULT_RUNS);
     let seed = env_u64("VIPWIRE_FUZZ_SEED", DEFAULT_SEED);
     let deadline = Instant::now() + TIME_BUDGET;
-    let mut h: XdpHarness = fixture_tables();
+    let h: XdpHarness = fixture_tables();
     let seeds = seeds();
     let backends = backend_addrs();
     let vips = [ip(VIP4), ip(VIP6)];
