@@ -276,21 +276,28 @@ pub struct Parsed {
 
 /// Parses `frame` with etherparse (addresses, protocol, where the upper layer starts) and
 /// recomputes every checksum: the IPv4 header's, TCP/UDP over the pseudo-header (UDP/IPv4 0
-/// allowed), SCTP's CRC32c. Panics, naming the field, when one is wrong. Fragments: only the
-/// IP header is checked (the segment is incomplete).
+/// allowed), SCTP's CRC32c, ICMP/ICMPv6. Panics, naming the field, when one is wrong.
+/// Fragments: only the IP header is checked (the segment is incomplete).
 pub fn verify(frame: &[u8]) -> Parsed {
+    check(frame).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// [`verify`] without panicking: the first problem found.
+pub fn check(frame: &[u8]) -> Result<Parsed, String> {
     let sliced = etherparse::SlicedPacket::from_ethernet(frame)
-        .unwrap_or_else(|err| panic!("etherparse rejects the frame: {err}"));
-    let (src, dst, proto, fragmented) = match &sliced.net {
+        .map_err(|err| format!("etherparse rejects the frame: {err}"))?;
+    let (src, dst, proto, fragmented, payload_len) = match &sliced.net {
         Some(etherparse::NetSlice::Ipv4(ip)) => {
             let h = ip.header();
-            let sum = fold(sum16(h.slice()));
-            assert_eq!(sum, 0xffff, "IPv4 header checksum");
+            if fold(sum16(h.slice())) != 0xffff {
+                return Err("IPv4 header checksum".into());
+            }
             (
                 IpAddr::V4(h.source_addr()),
                 IpAddr::V4(h.destination_addr()),
-                h.protocol().0,
+                ip.payload().ip_number.0,
                 h.is_fragmenting_payload(),
+                ip.payload().payload.len(),
             )
         }
         Some(etherparse::NetSlice::Ipv6(ip)) => {
@@ -300,47 +307,42 @@ pub fn verify(frame: &[u8]) -> Parsed {
                 IpAddr::V6(h.destination_addr()),
                 ip.payload().ip_number.0,
                 ip.is_payload_fragmented(),
+                ip.payload().payload.len(),
             )
         }
-        other => panic!("not IP: {other:?}"),
-    };
-    let payload_len = match &sliced.net {
-        Some(etherparse::NetSlice::Ipv4(ip)) => ip.payload().payload.len(),
-        Some(etherparse::NetSlice::Ipv6(ip)) => ip.payload().payload.len(),
-        _ => unreachable!(),
+        other => return Err(format!("not IP: {other:?}")),
     };
     let l4 = frame.len() - payload_len;
     let segment = &frame[l4..];
-    if !fragmented {
-        match proto {
-            TCP => assert!(l4_checksum_ok(src, dst, TCP, segment), "TCP checksum"),
+    let ok = fragmented
+        || match proto {
+            TCP => segment.len() >= 20 && l4_checksum_ok(src, dst, TCP, segment),
             UDP => {
-                let zero = segment[6..8] == [0, 0];
-                assert!(
-                    (zero && src.is_ipv4()) || l4_checksum_ok(src, dst, UDP, segment),
-                    "UDP checksum"
-                );
+                segment.len() >= 8
+                    && ((segment[6..8] == [0, 0] && src.is_ipv4())
+                        || l4_checksum_ok(src, dst, UDP, segment))
             }
             SCTP => {
-                let mut zeroed = segment.to_vec();
-                zeroed[8..12].fill(0);
-                assert_eq!(
-                    u32::from_le_bytes(segment[8..12].try_into().expect("4 bytes")),
-                    crc32c(&zeroed),
-                    "SCTP CRC32c"
-                );
+                segment.len() >= 12 && {
+                    let mut zeroed = segment.to_vec();
+                    zeroed[8..12].fill(0);
+                    u32::from_le_bytes([segment[8], segment[9], segment[10], segment[11]])
+                        == crc32c(&zeroed)
+                }
             }
-            ICMP => assert_eq!(fold(sum16(segment)), 0xffff, "ICMP checksum"),
-            ICMPV6 => assert!(l4_checksum_ok(src, dst, ICMPV6, segment), "ICMPv6 checksum"),
-            _ => {}
-        }
+            ICMP => fold(sum16(segment)) == 0xffff,
+            ICMPV6 => l4_checksum_ok(src, dst, ICMPV6, segment),
+            _ => true,
+        };
+    if !ok {
+        return Err(format!("protocol {proto} checksum (or a short header)"));
     }
-    Parsed {
+    Ok(Parsed {
         src,
         dst,
         proto,
         l4,
-    }
+    })
 }
 
 /// The (source, destination) ports at the start of an upper-layer segment.

@@ -6,14 +6,17 @@ use std::net::IpAddr;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use vipwire_common::{
     l4::{
-        BackendValue, CT_FORWARD, CT_REVERSE, CtKey, CtValue, MAGLEV_CHUNK_SLOTS, MaglevChunk,
-        MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter, v4_mapped,
-        vip_filter_bit,
+        BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey, CtValue, MAGLEV_CHUNK_SLOTS,
+        MaglevChunk, MaglevKey, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES, ServiceKey, ServiceStats,
+        ServiceValue, SourceRange, VipFilter, v4_mapped, vip_filter_bit,
     },
     maps,
 };
 
-use crate::bpf::XdpHarness;
+use crate::{
+    bpf::XdpHarness,
+    l4packets::{SCTP, TCP, UDP},
+};
 
 /// An address as the L4 maps store it (IPv4-mapped for IPv4).
 pub fn addr16(addr: IpAddr) -> [u8; 16] {
@@ -143,4 +146,58 @@ pub fn service_stats(h: &mut XdpHarness, id: u32) -> ServiceStats {
         sum.no_backend += s.no_backend;
     }
     sum
+}
+
+fn parse_ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+pub const VIP4: &str = "203.0.113.10";
+pub const VIP6: &str = "2001:db8:100::10";
+pub const CLIENT4: &str = "198.51.100.7";
+pub const CLIENT6: &str = "2001:db8:200::7";
+
+/// The tables the L4 fixtures and fuzz run against: services 1-10 on VIP4/VIP6 (TCP 80,
+/// UDP 53, SCTP 9 per family; 443 with source ranges 198.51.100.0/24; 8443 without a
+/// backend; 7000 with ClientIP affinity; 7001 over two backends), backends 11-14 and 21-23.
+pub fn fixture_tables() -> XdpHarness {
+    let mut h = XdpHarness::load();
+    let svc = |id, flags, size| ServiceValue {
+        id,
+        flags,
+        maglev_size: size,
+        affinity_timeout_s: 10800,
+    };
+    let backends = [
+        (11, "10.244.0.11", 8080),
+        (12, "10.244.0.12", 5353),
+        (13, "10.244.0.13", 9999),
+        (14, "10.244.0.14", 8080),
+        (21, "fd00:244::11", 8080),
+        (22, "fd00:244::12", 5353),
+        (23, "fd00:244::13", 9999),
+    ];
+    for (id, addr, port) in backends {
+        add_backend(&mut h, id, parse_ip(addr), port, BACKEND_ACTIVE);
+    }
+    let services = [
+        (1, VIP4, 80, TCP, 0, 251, vec![11]),
+        (2, VIP4, 53, UDP, 0, 251, vec![12]),
+        (3, VIP4, 9, SCTP, 0, 251, vec![13]),
+        (4, VIP6, 80, TCP, 0, 251, vec![21]),
+        (5, VIP6, 53, UDP, 0, 251, vec![22]),
+        (6, VIP6, 9, SCTP, 0, 251, vec![23]),
+        (7, VIP4, 443, TCP, SERVICE_SOURCE_RANGES, 251, vec![11]),
+        (8, VIP4, 8443, TCP, 0, 0, vec![]),
+        (9, VIP4, 7000, TCP, SERVICE_AFFINITY, 251, vec![11, 14]),
+        (10, VIP4, 7001, TCP, 0, 2039, vec![11, 14]),
+    ];
+    for (id, vip, port, proto, flags, size, slots) in services {
+        add_service(&mut h, parse_ip(vip), port, proto, svc(id, flags, size));
+        if !slots.is_empty() {
+            fill_maglev(&mut h, id, size, &slots);
+        }
+    }
+    allow_source(&mut h, 7, parse_ip("198.51.100.0"), 24);
+    h
 }

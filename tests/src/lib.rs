@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bpf;
+pub mod fuzz;
 pub mod kube;
 pub mod l4packets;
 pub mod l4tables;

@@ -9,65 +9,14 @@ use testkit::{
     bpf::{LO_IFINDEX, Verdict, XdpHarness},
     l4packets::{self, Flow, Frag, SCTP, Shape, TCP, UDP, icmp_error, ports, verify},
     l4tables::{
-        add_backend, add_service, allow_source, conntrack, ct_forward, ct_reverse, fill_maglev,
-        remove_backend, service_stats,
+        CLIENT4, CLIENT6, VIP4, VIP6, conntrack, ct_forward, ct_reverse, fill_maglev,
+        fixture_tables as setup, remove_backend, service_stats,
     },
 };
-use vipwire_common::{
-    Reason,
-    l4::{BACKEND_ACTIVE, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES, ServiceValue, XDP_META_MAGIC},
-};
+use vipwire_common::{Reason, l4::XDP_META_MAGIC};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
-}
-
-const VIP4: &str = "203.0.113.10";
-const VIP6: &str = "2001:db8:100::10";
-const CLIENT4: &str = "198.51.100.7";
-const CLIENT6: &str = "2001:db8:200::7";
-
-/// Service ids and their backends, shared by the table below.
-fn setup() -> XdpHarness {
-    let mut h = XdpHarness::load();
-    let svc = |id, flags, size| ServiceValue {
-        id,
-        flags,
-        maglev_size: size,
-        affinity_timeout_s: 10800,
-    };
-    let backends = [
-        (11, "10.244.0.11", 8080),
-        (12, "10.244.0.12", 5353),
-        (13, "10.244.0.13", 9999),
-        (14, "10.244.0.14", 8080),
-        (21, "fd00:244::11", 8080),
-        (22, "fd00:244::12", 5353),
-        (23, "fd00:244::13", 9999),
-    ];
-    for (id, addr, port) in backends {
-        add_backend(&mut h, id, ip(addr), port, BACKEND_ACTIVE);
-    }
-    let services = [
-        (1, VIP4, 80, TCP, 0, 251, vec![11]),
-        (2, VIP4, 53, UDP, 0, 251, vec![12]),
-        (3, VIP4, 9, SCTP, 0, 251, vec![13]),
-        (4, VIP6, 80, TCP, 0, 251, vec![21]),
-        (5, VIP6, 53, UDP, 0, 251, vec![22]),
-        (6, VIP6, 9, SCTP, 0, 251, vec![23]),
-        (7, VIP4, 443, TCP, SERVICE_SOURCE_RANGES, 251, vec![11]),
-        (8, VIP4, 8443, TCP, 0, 0, vec![]),
-        (9, VIP4, 7000, TCP, SERVICE_AFFINITY, 251, vec![11, 14]),
-        (10, VIP4, 7001, TCP, 0, 2039, vec![11, 14]),
-    ];
-    for (id, vip, port, proto, flags, size, slots) in services {
-        add_service(&mut h, ip(vip), port, proto, svc(id, flags, size));
-        if !slots.is_empty() {
-            fill_maglev(&mut h, id, size, &slots);
-        }
-    }
-    allow_source(&mut h, 7, ip("198.51.100.0"), 24);
-    h
 }
 
 fn flow(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> Flow {

@@ -50,15 +50,15 @@ pub fn vipwire_tc_deliver(ctx: TcContext) -> i32 {
         )
     };
     if meta + size_of::<XdpMeta>() > data {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // SAFETY: bounds-checked against data just above.
     let meta = unsafe { *(meta as *const XdpMeta) };
     if meta.magic != XDP_META_MAGIC {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let action = deliver(&ctx, meta.backend_id);
-    counters::bump(if action == TC_ACT_OK as i32 {
+    counters::bump(if action == TC_ACT_OK {
         Reason::Undeliverable
     } else {
         Reason::Delivered
@@ -73,7 +73,7 @@ pub fn vipwire_tc_reply(ctx: TcContext) -> i32 {
             counters::bump(Reason::ReplyNat);
             action
         }
-        None => TC_ACT_OK as i32,
+        None => TC_ACT_OK,
     }
 }
 
@@ -81,18 +81,18 @@ pub fn vipwire_tc_reply(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
     let Some(backend) = maps::BACKENDS.get_ptr(backend_id) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: a map value from a successful lookup, copied at once.
     let backend = unsafe { *backend };
     let Some(src) = packet_src(ctx) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let mut fib = fib_params(&src, &backend.addr_be, ctx);
     match fib_lookup(ctx, &mut fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {
             if set_macs(ctx, &fib).is_none() {
-                return TC_ACT_OK as i32;
+                return TC_ACT_OK;
             }
             if backend.flags & BACKEND_VETH_PEER != 0 && backend.ifindex == fib.ifindex {
                 // SAFETY: helper without memory arguments.
@@ -106,7 +106,7 @@ fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
         BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
             bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
-        _ => TC_ACT_OK as i32,
+        _ => TC_ACT_OK,
     }
 }
 
@@ -191,7 +191,7 @@ fn reply(ctx: &TcContext) -> Option<i32> {
             bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
         // No route to the client: the kernel may know better (it now sees VIP:port).
-        _ => TC_ACT_OK as i32,
+        _ => TC_ACT_OK,
     })
 }
 

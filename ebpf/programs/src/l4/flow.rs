@@ -80,7 +80,7 @@ fn aim(
 #[inline(never)]
 pub fn later_fragment(scratch: &mut Scratch, id: u32) -> Verdict {
     scratch.frag = frag_key(&scratch.ip, id);
-    let Some(frag) = maps::FRAGMENTS.get_ptr(&scratch.frag) else {
+    let Some(frag) = maps::FRAGMENTS.get_ptr(scratch.frag) else {
         return Verdict::pass(Reason::NoBackend);
     };
     // SAFETY: a map value from a successful lookup, copied at once.
@@ -117,7 +117,7 @@ fn remember_fragment(scratch: &mut Scratch, id: u32, backend_id: u32, service_id
         backend_id,
         service_id,
     };
-    let _ = maps::FRAGMENTS.insert(&scratch.frag, value, 0);
+    let _ = maps::FRAGMENTS.insert(scratch.frag, value, 0);
 }
 
 /// The backend id for a new flow (0: none): the client's affinity if it is still valid,
