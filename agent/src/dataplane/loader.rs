@@ -129,7 +129,13 @@ pub struct Dataplane {
     reply_links: BTreeSet<u32>,
     /// Set by [`Dataplane::enable_l4`].
     writer: Option<L4Writer>,
+    /// When the L4 writer last re-read the maps.
+    l4_read_at: std::time::Instant,
 }
+
+/// How often the L4 writer re-reads the maps instead of trusting its mirror, repairing
+/// entries edited behind its back (the run loop's periodic resync interval).
+const L4_REREAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Dataplane {
     /// Loads `object` with every contract map pinned under `paths` (reusing maps an earlier
@@ -172,6 +178,7 @@ impl Dataplane {
             l4,
             reply_links: BTreeSet::new(),
             writer: None,
+            l4_read_at: std::time::Instant::now(),
         })
     }
 
@@ -331,6 +338,10 @@ impl Dataplane {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(None);
         };
+        if self.l4_read_at.elapsed() >= L4_REREAD {
+            writer.resync(&mut self.ebpf)?;
+            self.l4_read_at = std::time::Instant::now();
+        }
         let plan = writer.plan(desired)?;
         let mut before: BTreeSet<u32> = writer.devices();
         before.extend(plan.devices.iter().copied());

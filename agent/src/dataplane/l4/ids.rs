@@ -42,6 +42,14 @@ impl Ids {
         }
     }
 
+    /// Marks `id` as taken without moving the allocation point (a map re-read while
+    /// running: ids freed since must still not come back soon).
+    pub fn mark(&mut self, id: u32) {
+        if (self.first..=self.last).contains(&id) {
+            self.used.insert(id);
+        }
+    }
+
     /// The next free id after the last one handed out, or `None` when every id is taken.
     pub fn allocate(&mut self) -> Option<u32> {
         let span = u64::from(self.last - self.first) + 1;

@@ -139,6 +139,14 @@ impl L4Writer {
         self.execute(ebpf, plan)
     }
 
+    /// Re-reads the maps and diffs everything against them on the next apply, so entries
+    /// changed or deleted behind the agent's back are repaired.
+    pub fn resync(&mut self, ebpf: &mut Ebpf) -> Result<(), L4Error> {
+        let mirror = kernel::read(ebpf)?;
+        self.planner.reload(mirror);
+        Ok(())
+    }
+
     /// Host-side devices the written backends are delivered through (the reply program's
     /// attach points).
     pub fn devices(&self) -> BTreeSet<u32> {

@@ -181,6 +181,23 @@ impl Planner {
         }
     }
 
+    /// Replaces the mirror with a fresh read of the maps (repairs entries changed behind the
+    /// agent's back): the next plan diffs every frontend against it.
+    pub(super) fn reload(&mut self, mirror: Mirror) {
+        self.mirror = mirror;
+        self.last.clear();
+        self.sweep_orphans = true;
+        self.by_key.clear();
+        for value in self.mirror.services.values() {
+            self.service_ids.mark(value.id);
+        }
+        for (&id, value) in &self.mirror.backends {
+            self.backend_ids.mark(id);
+            self.by_key.insert(backend_key(value), id);
+        }
+        self.sync_ids();
+    }
+
     pub(super) fn mirror(&self) -> &Mirror {
         &self.mirror
     }

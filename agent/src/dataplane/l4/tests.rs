@@ -318,3 +318,32 @@ fn vip_filter_bits_are_set_before_services_and_cleared_after() {
     assert!(del < filter, "{ops:?}");
     assert!(planner.mirror().filter.is_empty());
 }
+
+#[test]
+fn a_reload_repairs_entries_changed_behind_our_back() {
+    let mut planner = Planner::new(251, Mirror::default());
+    let f = frontend("192.0.2.1", 80);
+    let desired = BTreeMap::from([(f, service(active(&["10.0.0.2", "10.0.0.3"])))]);
+    apply(&mut planner, &desired);
+    let good = planner.mirror().clone();
+    // Someone deleted a backend and zeroed the service's table size.
+    let mut edited = good.clone();
+    let first = *edited.backends.keys().next().unwrap();
+    edited.backends.remove(&first);
+    edited.services.get_mut(&f).unwrap().maglev_size = 0;
+    planner.reload(edited);
+    let ops = apply(&mut planner, &desired);
+    // The lost backend comes back under a new id (its old one may still sit in conntrack
+    // entries that were re-balanced meanwhile), so its slots are rewritten too.
+    assert!(
+        matches!(ops[0], Op::PutBackend { id, .. } if id != first),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter().any(|op| matches!(op, Op::PutService { .. })),
+        "{ops:?}"
+    );
+    assert_eq!(planner.mirror().services[&f].maglev_size, 251);
+    assert_eq!(planner.mirror().backends.len(), 2);
+    assert!(apply(&mut planner, &desired).is_empty());
+}
