@@ -106,7 +106,12 @@ impl L4Writer {
         desired: &BTreeMap<Frontend, DesiredService>,
         resolve: &mut dyn FnMut(IpAddr) -> Delivery,
     ) -> Result<Plan, L4Error> {
-        self.planner.plan(desired, resolve)
+        let plan = self.planner.plan(desired, resolve);
+        if plan.is_err() {
+            // Ids handed out to a plan that will not run go back.
+            self.planner.abort();
+        }
+        plan
     }
 
     /// Issues the plan's operations in order. On error the mirror still matches the kernel

@@ -168,7 +168,7 @@ impl Planner {
         let mut by_key = BTreeMap::new();
         for (&id, value) in &mirror.backends {
             backend_ids.recover(id);
-            by_key.insert(backend_key(value), id);
+            by_key.entry(backend_key(value)).or_insert(id);
         }
         Self {
             configured_size,
@@ -193,7 +193,7 @@ impl Planner {
         }
         for (&id, value) in &self.mirror.backends {
             self.backend_ids.mark(id);
-            self.by_key.insert(backend_key(value), id);
+            self.by_key.entry(backend_key(value)).or_insert(id);
         }
         self.sync_ids();
     }
@@ -360,7 +360,9 @@ impl Planner {
             plan.ops.push(Op::PutFilter { bits: wanted_bits });
         }
         for (&id, value) in &self.mirror.backends {
-            if !wanted.contains_key(&backend_key(value)) {
+            let key = backend_key(value);
+            // Unwanted, or a second id for the same key (maps written by someone else).
+            if !wanted.contains_key(&key) || self.by_key.get(&key) != Some(&id) {
                 plan.ops.push(Op::DelBackend { id });
             }
         }

@@ -347,3 +347,25 @@ fn a_reload_repairs_entries_changed_behind_our_back() {
     assert_eq!(planner.mirror().backends.len(), 2);
     assert!(apply(&mut planner, &desired).is_empty());
 }
+
+#[test]
+fn a_second_id_for_the_same_backend_is_removed() {
+    let mut planner = Planner::new(251, Mirror::default());
+    let f = frontend("192.0.2.1", 80);
+    let desired = BTreeMap::from([(f, service(active(&["10.0.0.2"])))]);
+    apply(&mut planner, &desired);
+    let mut mirror = planner.mirror().clone();
+    let (&id, &value) = mirror.backends.iter().next().unwrap();
+    mirror.backends.insert(id + 100, value);
+    let mut restarted = Planner::new(251, mirror);
+    let ops = apply(&mut restarted, &desired);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(restarted.mirror().backends.len(), 1);
+    assert!(
+        restarted
+            .mirror()
+            .table(1, 251)
+            .iter()
+            .all(|&slot| slot == restarted.mirror().backends.keys().copied().next().unwrap())
+    );
+}
