@@ -5,6 +5,7 @@ mod agent;
 mod bgp;
 mod dataplane;
 mod flood;
+mod l4cost;
 
 use std::{path::PathBuf, process::ExitCode};
 
