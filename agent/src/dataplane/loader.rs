@@ -363,25 +363,6 @@ impl Dataplane {
         self.writer.as_ref().map(L4Writer::view).unwrap_or_default()
     }
 
-    /// Puts the reply program on exactly the devices in `wanted` (ifindexes of local
-    /// backends' host-side devices); links of vanished devices are cleaned up.
-    pub fn sync_reply_devices(
-        &mut self,
-        wanted: &BTreeSet<u32>,
-    ) -> Result<tc::ReplyDelta, LoaderError> {
-        if !self.l4 {
-            return Ok(tc::ReplyDelta::default());
-        }
-        let delta = tc::sync_reply(&mut self.ebpf, &self.paths, wanted, &mut self.reply_links)?;
-        for ifindex in &delta.attached {
-            tracing::info!(ifindex, "reply program attached");
-        }
-        for ifindex in &delta.detached {
-            tracing::info!(ifindex, "reply program detached");
-        }
-        Ok(delta)
-    }
-
     pub fn attachments(&self) -> &[Attachment] {
         &self.attached
     }
