@@ -88,8 +88,7 @@ impl VipFilter {
     };
 }
 
-/// The filter bit of a VIP (16 bytes, IPv4-mapped for IPv4): a multiplicative hash of the
-/// address folded to 32 bits. Kernel and agent share this one definition.
+/// The filter bit of a VIP (16 bytes, IPv4-mapped for IPv4): the address folded to 16 bits. Kernel and agent share this one definition.
 #[inline(always)]
 pub const fn vip_filter_bit(addr_be: &[u8; 16]) -> u32 {
     let a = u32::from_ne_bytes([addr_be[0], addr_be[1], addr_be[2], addr_be[3]]);
@@ -103,7 +102,9 @@ pub const fn vip_filter_bit(addr_be: &[u8; 16]) -> u32 {
 /// callers that read the words one at a time.
 #[inline(always)]
 pub const fn vip_filter_bit_folded(folded: u32) -> u32 {
-    folded.wrapping_mul(0x9e37_79b1) >> 16
+    // The two halves XORed: VIPs that differ only in their last 16 bits (a pool up to a /16,
+    // or a /112) never share a bit, and the test costs the packet path three instructions.
+    (folded ^ (folded >> 16)) & (VIP_FILTER_BITS - 1)
 }
 
 /// Key of `vipwire_services_v1` (`HASH`): a frontend.

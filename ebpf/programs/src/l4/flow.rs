@@ -15,47 +15,67 @@ use super::{
 };
 use crate::Verdict;
 
-/// A packet for a frontend (not a later fragment): find or pick its backend, DNAT, hand it
-/// to TC. (The non-inlined functions here keep each BPF stack frame small: the verifier
-/// allows 512 bytes for the whole call chain.)
-#[inline(never)]
-pub fn forward(scratch: &mut Scratch, ports: [u8; 4], service: &ServiceValue) -> Verdict {
+/// The conntrack key of a packet to a VIP, into the scratch slot.
+#[inline(always)]
+pub fn forward_key(scratch: &mut Scratch, ports: [u8; 4]) {
     let ip = &scratch.ip;
-    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    scratch.ct = CtKey {
+        src_be: ip.src,
+        dst_be: ip.dst,
+        sport_be: [ports[0], ports[1]],
+        dport_be: [ports[2], ports[3]],
+        proto: ip.proto,
+        dir: CT_FORWARD,
+        _pad: [0; 2],
+    };
+}
+
+/// A packet of an established flow (`scratch.ct` in conntrack, its backend still there):
+/// aimed at that backend, without looking at the service again. Checked first because it is
+/// the common case; the service's source ranges were checked when the flow started (an
+/// established flow survives a change of `loadBalancerSourceRanges`, as it would through
+/// kube-proxy's conntrack). `None`: a new flow (or its backend is gone).
+#[inline(never)]
+pub fn established_packet(scratch: &mut Scratch) -> u64 {
+    let Some(entry) = maps::CONNTRACK.get_ptr(&scratch.ct) else {
+        return Verdict::NONE;
+    };
+    // SAFETY: a map value from a successful lookup.
+    let (backend_id, service_id) = unsafe { ((*entry).backend_id, (*entry).service_id) };
+    let Some(backend) = backend_ptr(backend_id) else {
+        return Verdict::NONE;
+    };
+    if let Fragment::First { id } = scratch.ip.fragment {
+        remember_fragment(scratch, id, backend_id, service_id);
+    }
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    aim(scratch, unsafe { &*backend }, backend_id, service_id, true);
+    Verdict::pass(Reason::Steered).pack()
+}
+
+/// The first packet of a flow to a frontend (`scratch.ct` holds its key): check the source,
+/// pick a backend, track the flow in both directions. (The non-inlined functions here keep
+/// each BPF stack frame small: the verifier allows 512 bytes for the whole call chain.)
+#[inline(never)]
+pub fn new_flow(scratch: &mut Scratch, ports: [u8; 4], service: &ServiceValue) -> Verdict {
+    let ip = &scratch.ip;
     let stats = maps::stats(service.id);
     if service.flags & SERVICE_SOURCE_RANGES != 0 && !maps::source_allowed(service.id, ip.src) {
         count(stats, |s| s.source_denied += 1);
         return Verdict::drop(Reason::SourceDenied);
     }
-    scratch.ct = CtKey {
-        src_be: ip.src,
-        dst_be: ip.dst,
-        sport_be: sport,
-        dport_be: dport,
-        proto: ip.proto,
-        dir: CT_FORWARD,
-        _pad: [0; 2],
+    let picked = pick(ip, ports, service);
+    let Some(backend) = backend_ptr(picked) else {
+        count(stats, |s| s.no_backend += 1);
+        return Verdict::pass(Reason::NoBackend);
     };
-    let ip = &scratch.ip;
-    let (backend_id, backend) = match established(&scratch.ct) {
-        Some(found) => found,
-        None => {
-            let picked = pick(ip, ports, service);
-            let Some(backend) = backend_ptr(picked) else {
-                count(stats, |s| s.no_backend += 1);
-                return Verdict::pass(Reason::NoBackend);
-            };
-            track(&scratch.ct, service.id, picked, backend);
-            count(stats, |s| s.new_flows += 1);
-            (picked, backend)
-        }
-    };
-    if let Fragment::First { id } = ip.fragment {
-        remember_fragment(scratch, id, backend_id, service.id);
+    track(&scratch.ct, service.id, picked, backend);
+    count(stats, |s| s.new_flows += 1);
+    if let Fragment::First { id } = scratch.ip.fragment {
+        remember_fragment(scratch, id, picked, service.id);
     }
     // SAFETY: a map value pointer from a successful lookup, valid for this program run.
-    let backend = unsafe { &*backend };
-    aim(scratch, backend, backend_id, service.id, true);
+    aim(scratch, unsafe { &*backend }, picked, service.id, true);
     Verdict::pass(Reason::Steered)
 }
 

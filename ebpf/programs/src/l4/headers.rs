@@ -90,10 +90,10 @@ impl Ip {
 #[inline(always)]
 pub fn ipv4_dst_folded(ctx: &XdpContext) -> Option<u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
-    // SAFETY: bounds-checked by ptr_at; alignment 1.
-    let dst = unsafe { (*ip).dst };
+    // SAFETY: bounds-checked by ptr_at; an unaligned read of the 4 address bytes.
+    let dst = unsafe { core::ptr::read_unaligned((&raw const (*ip).dst).cast::<u32>()) };
     // The IPv4-mapped prefix's only non-zero word is ::ffff.
-    Some(u32::from_ne_bytes([0, 0, 0xff, 0xff]) ^ u32::from_ne_bytes(dst))
+    Some(u32::from_ne_bytes([0, 0, 0xff, 0xff]) ^ dst)
 }
 
 /// The IPv6 destination's words folded likewise, read one word at a time (a 16-byte copy

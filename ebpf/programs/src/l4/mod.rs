@@ -134,6 +134,11 @@ fn steer_ports(ctx: &XdpContext, scratch: &mut maps::Scratch) -> Option<Verdict>
     let ports = ptr_at::<[u8; 4]>(ctx, ip.l4())?;
     // SAFETY: bounds-checked by ptr_at.
     let ports = unsafe { *ports };
+    flow::forward_key(scratch, ports);
+    if let Some(verdict) = Verdict::unpack(flow::established_packet(scratch)) {
+        return Some(verdict);
+    }
+    let ip = &scratch.ip;
     let service = ServiceKey {
         addr_be: ip.dst,
         port_be: [ports[2], ports[3]],
@@ -142,7 +147,7 @@ fn steer_ports(ctx: &XdpContext, scratch: &mut maps::Scratch) -> Option<Verdict>
     };
     let service = maps::SERVICES.get_ptr(service)?;
     // SAFETY: a map value pointer from a successful lookup, valid for this program run.
-    Some(flow::forward(scratch, ports, unsafe { &*service }))
+    Some(flow::new_flow(scratch, ports, unsafe { &*service }))
 }
 
 /// Puts the [`XdpMeta`] for the uplink's TC program in front of the frame. Without room for
