@@ -6,6 +6,7 @@ pub mod agent;
 pub mod bench;
 pub mod bpf;
 pub mod kube;
+pub mod l4lab;
 pub mod netlab;
 pub mod packets;
 pub mod peer;

@@ -42,6 +42,7 @@ pub fn measure() -> Report {
     let mut report = Report::new("dataplane");
     prog_run(&mut report);
     flood::measure(&mut report);
+    crate::l4lab::measure(&mut report);
     report
 }
 
