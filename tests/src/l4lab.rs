@@ -260,7 +260,10 @@ impl L4Lab {
             "--cleanup-on-exit",
         ];
         let mut command = self.node.enter(binary);
-        command.args(args).env("RUST_LOG", "info");
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
         Daemon::spawn(
             &format!("vipwire in {}", self.node.name()),
             command,

@@ -20,6 +20,7 @@ use testkit::{
         self, CLIENT_SRC, CLIENT_SRC6, ForwardPolicy, L4Lab, Options, REQUEST_TIMEOUT, RpFilter,
         TCP, UDP,
         client::{self, Fleet, Reply},
+        stats,
     },
     process::{Daemon, poll_until},
 };
@@ -96,6 +97,7 @@ fn tcp_and_udp_reach_a_pod(v6: bool) {
         running.wait_serving(true);
     }
     let lab = &running.lab;
+    let drops_before = stats::kernel_drops(&lab.node);
     let tcp = l4lab::vip(TCP, v6);
     let mut pods = BTreeMap::new();
     for reply in client::tcp_requests(&lab.client, tcp, 30, REQUEST_TIMEOUT) {
@@ -119,6 +121,12 @@ fn tcp_and_udp_reach_a_pod(v6: bool) {
         let reply = reply.unwrap_or_else(|e| running.fail(&format!("ping over {tcp}: {e}")));
         assert_direct(&reply, tcp);
     }
+    // Not one packet went the kernel's way (where rp_filter and FORWARD DROP wait).
+    assert_eq!(
+        stats::kernel_drops(&lab.node),
+        drops_before,
+        "the node's kernel dropped VIP traffic"
+    );
     running.agent.assert_running();
 }
 
@@ -160,7 +168,21 @@ fn control_without_vipwire_the_kernel_path_fails_on_the_hostile_node() {
     for (rp, forward, what) in cases {
         lab.set_rp_filter(rp);
         lab.set_forward(forward);
+        let before = stats::kernel_drops(&lab.node);
         let (tcp, udp) = kernel_attempt(&lab, false);
+        let after = stats::kernel_drops(&lab.node);
+        // ... and the drops are the hostility's, counted where it sits.
+        if rp == RpFilter::Strict {
+            assert!(
+                after.rp_filter > before.rp_filter,
+                "{what}: {before:?} -> {after:?}"
+            );
+        } else {
+            assert!(
+                after.forward_policy > before.forward_policy,
+                "{what}: {before:?} -> {after:?}"
+            );
+        }
         assert!(
             tcp.is_err(),
             "{what} must break TCP through iptables DNAT: {tcp:?}"

@@ -86,3 +86,54 @@ fn cpu_field(n: usize) -> Duration {
     assert!(hz > 0, "sysconf(_SC_CLK_TCK)");
     Duration::from_nanos(ticks * 1_000_000_000 / hz as u64)
 }
+
+/// Field `name` of the `group` lines (e.g. `TcpExt`, `IPReversePathFilter`) of
+/// /proc/thread-self/net/netstat in `ns`.
+pub fn netstat_field(ns: &Netns, group: &str, name: &str) -> u64 {
+    let netstat = in_netns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat").expect("reading net/netstat")
+    });
+    let prefix = format!("{group}: ");
+    let mut lines = netstat.lines().filter(|l| l.starts_with(&prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no {group} lines in {}'s net/netstat", ns.name());
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no {group} {name} in net/netstat"));
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad {group} {name} value in net/netstat"))
+}
+
+/// Packets the node's kernel dropped on the paths vipwire must bypass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    /// Dropped by a FORWARD chain's policy (iptables, ip6tables and the lab's nft table).
+    pub forward_policy: u64,
+    /// Dropped by the IPv4 reverse-path filter.
+    pub rp_filter: u64,
+}
+
+/// The node's [`KernelDrops`] so far.
+pub fn kernel_drops(node: &Netns) -> KernelDrops {
+    let policy_packets = |program: &str| -> u64 {
+        let out = node.run_ok(program, &["-w", "-L", "FORWARD", "-v", "-n", "-x"]);
+        // "Chain FORWARD (policy DROP 12 packets, 720 bytes)"
+        let first = out.lines().next().unwrap_or_default();
+        first
+            .split_once("policy ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no policy counter in `{program} -L FORWARD`: {first:?}"))
+    };
+    KernelDrops {
+        forward_policy: policy_packets("iptables")
+            + policy_packets("ip6tables")
+            + super::topology::nft_forward_drops(node),
+        rp_filter: netstat_field(node, "TcpExt", "IPReversePathFilter"),
+    }
+}

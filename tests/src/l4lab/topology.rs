@@ -72,6 +72,10 @@ pub fn client_and_node(lab: &mut NetLab, options: &Options) -> (Netns, Netns) {
     // The client's replies arrive on eth1, requests leave by eth0: no reverse-path check there.
     for key in ["all", "default", "eth0", "eth1", "lo"] {
         client.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
+        // ARP requests name the interface's own address (as a router's do), not the
+        // 198.51.100.10 of the packet that needs them: the node's strict rp_filter checks
+        // the sender of an ARP request too and would ignore a request from that address.
+        client.sysctl(&format!("net.ipv4.conf.{key}.arp_announce"), "2");
     }
     // VIPs through up0 only, from the client's own address.
     client.ip(&[
@@ -197,10 +201,21 @@ pub fn set_forward(node: &Netns, policy: ForwardPolicy) {
             "nft",
             &[&format!(
                 "add table inet {NFT_FILTER}; add chain inet {NFT_FILTER} forward \
-                 {{ type filter hook forward priority filter; policy drop; }}"
+                 {{ type filter hook forward priority filter; policy drop; }}; \
+                 add rule inet {NFT_FILTER} forward counter"
             )],
         );
     }
+}
+
+/// Packets our nft FORWARD chain saw (and its policy dropped); 0 without the table.
+pub fn nft_forward_drops(node: &Netns) -> u64 {
+    let out = node.exec("nft", &["list", "chain", "inet", NFT_FILTER, "forward"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Installs (`add`) or removes kube-proxy-style DNAT of VIP:port → pod:targetPort for every
