@@ -180,7 +180,10 @@ fn answers_arp_for_owned_vips_on_configured_interfaces_only() {
     let log = agent.log_tail();
     assert!(log.contains("self-check passed"), "agent log:\n{log}");
     assert!(
-        log.contains("self-check: vipwire_xdp runs, contract v1"),
+        log.contains(&format!(
+            "self-check: vipwire_xdp runs, contract v{}",
+            vipwire_common::CONTRACT_VERSION
+        )),
         "agent log:\n{log}"
     );
     agent.stop(Duration::from_secs(5));

@@ -15,6 +15,7 @@ use std::{
 
 use testkit::{
     bpf::{LO_IFINDEX, RunOutput, Verdict, XdpHarness},
+    fuzz::{Rng, env_u64},
     packets::{
         Arp, ETH_P_8021Q, Mac, NdOption, Ndp, fix_icmpv6_checksum, ipv4_tcp, padded, vlan_tagged,
     },
@@ -197,31 +198,6 @@ fn checksum_ok(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // Frames: seeds from the packet builder, then mutations.
-
-/// SplitMix64: small, fast, and the same sequence everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 fn seeds() -> Vec<Vec<u8>> {
     let client4 = Ipv4Addr::new(10, 0, 0, 1);
@@ -423,17 +399,6 @@ fn check(seed: u64, run: u64, frame: &[u8], out: &RunOutput, expected: Option<&[
             assert_eq!(out.frame, frame, "passed frame modified; {}", context());
         }
     }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).map_or(default, |v| {
-        let v = v.trim();
-        let parsed = match v.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16),
-            None => v.parse(),
-        };
-        parsed.unwrap_or_else(|e| panic!("{name}={v}: {e}"))
-    })
 }
 
 #[test]

@@ -3,7 +3,7 @@
 /// Version of the kernel/userspace contract as a whole (map layouts and their semantics).
 /// The agent writes its own value into [`Control::contract_version`]; a program built for
 /// another value stops answering and logs once. Bump it with any map name version.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;
 
 /// The single value (index 0) of `vipwire_control_v1`, an `ARRAY` of one entry.
 ///

@@ -1,6 +1,7 @@
 //! Per-CPU counters: one `u64` slot per reason in `vipwire_counters_v1`.
 //!
-//! The XDP program bumps exactly one slot per packet. Readers sum the slots over all CPUs.
+//! The XDP program bumps exactly one slot per packet; the TC programs bump one slot per
+//! packet they act on. Readers sum the slots over all CPUs.
 //! Reasons are append-only: a new reason takes the next index and grows the map, so the
 //! agent must check a pinned map's `max_entries` against [`Reason::COUNT`] before reusing it.
 
@@ -30,11 +31,28 @@ pub enum Reason {
     /// A Neighbor Solicitation of a shape the program does not rewrite (more than
     /// [`crate::l2::NS_MAX_OPTIONS_LEN`] bytes of options).
     Unsupported = 7,
+    /// XDP: a packet for a frontend, DNATed to a local backend and handed to TC (XDP_PASS
+    /// with an `XdpMeta`).
+    Steered = 8,
+    /// XDP: a packet for a frontend from a source outside its `loadBalancerSourceRanges`:
+    /// `XDP_DROP`.
+    SourceDenied = 9,
+    /// XDP: a new flow for a frontend without an active local backend, or a non-first
+    /// fragment of a datagram whose first fragment was not seen: left to the kernel.
+    NoBackend = 10,
+    /// TC (uplink): a steered packet redirected into its pod.
+    Delivered = 11,
+    /// TC (uplink): a steered packet whose backend or route is gone: left to the kernel.
+    Undeliverable = 12,
+    /// TC (pod veth): a reply rewritten to come from VIP:port and sent towards the client.
+    ReplyNat = 13,
+    /// XDP: an ICMP/ICMPv6 error about a steered flow, rewritten for its backend.
+    IcmpError = 14,
 }
 
 impl Reason {
     /// Every reason, in index order (for readers that print all counters).
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Passed,
         Reason::AnsweredArp,
         Reason::AnsweredNdp,
@@ -43,6 +61,13 @@ impl Reason {
         Reason::Malformed,
         Reason::ContractMismatch,
         Reason::Unsupported,
+        Reason::Steered,
+        Reason::SourceDenied,
+        Reason::NoBackend,
+        Reason::Delivered,
+        Reason::Undeliverable,
+        Reason::ReplyNat,
+        Reason::IcmpError,
     ];
 
     /// Number of counter slots; the map's `max_entries`.
@@ -59,6 +84,13 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::ContractMismatch => "contract_mismatch",
             Reason::Unsupported => "unsupported",
+            Reason::Steered => "steered",
+            Reason::SourceDenied => "source_denied",
+            Reason::NoBackend => "no_backend",
+            Reason::Delivered => "delivered",
+            Reason::Undeliverable => "undeliverable",
+            Reason::ReplyNat => "reply_nat",
+            Reason::IcmpError => "icmp_error",
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod control;
 pub mod counters;
 pub mod l2;
+pub mod l4;
 pub mod selfcheck;
 
 pub use control::{CONTRACT_VERSION, Control};
@@ -21,6 +22,12 @@ pub mod programs {
     /// An empty program that returns XDP_PASS: the benchmark's baseline and a pass-all program
     /// for lab veths that stand for a NIC's far end. Never attached by the agent.
     pub const XDP_PASS_ALL: &str = "vipwire_xdp_pass";
+    /// TC ingress on every configured uplink: delivers frames the XDP program steered (an
+    /// [`crate::l4::XdpMeta`] in front) into their pod.
+    pub const TC_DELIVER: &str = "vipwire_tc_deliver";
+    /// TC ingress on the host-side veth of every local backend: rewrites replies back to
+    /// VIP:port and sends them towards the client.
+    pub const TC_REPLY: &str = "vipwire_tc_reply";
 }
 
 /// Names of the maps, which are also their pin file names under the bpffs directory.
@@ -43,6 +50,41 @@ pub mod maps {
     /// `PERCPU_ARRAY[Reason::COUNT]` -> `u64`: packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "vipwire_counters_v1";
 
+    /// `ARRAY[1]` -> [`crate::l4::VipFilter`]: which destinations may be VIPs.
+    pub const VIP_FILTER: &str = "vipwire_vip_filter_v1";
+    /// `HASH` [`crate::l4::ServiceKey`] -> [`crate::l4::ServiceValue`]: frontends steered.
+    pub const SERVICES: &str = "vipwire_services_v1";
+    /// `HASH` [`crate::l4::MaglevKey`] -> [`crate::l4::MaglevChunk`]: Maglev tables.
+    pub const MAGLEV: &str = "vipwire_maglev_v1";
+    /// `HASH` backend id (`u32`) -> [`crate::l4::BackendValue`]: local endpoints.
+    pub const BACKENDS: &str = "vipwire_backends_v1";
+    /// `LRU_HASH` [`crate::l4::CtKey`] -> [`crate::l4::CtValue`]: flows, both directions.
+    pub const CONNTRACK: &str = "vipwire_conntrack_v1";
+    /// `LRU_HASH` [`crate::l4::AffinityKey`] -> [`crate::l4::AffinityValue`]: ClientIP
+    /// affinity.
+    pub const AFFINITY: &str = "vipwire_affinity_v1";
+    /// `LPM_TRIE` of [`crate::l4::SourceRange`] -> `u8`: `loadBalancerSourceRanges`.
+    pub const SOURCE_RANGES: &str = "vipwire_source_ranges_v1";
+    /// `LRU_HASH` [`crate::l4::FragKey`] -> [`crate::l4::FragValue`]: fragmented datagrams.
+    pub const FRAGMENTS: &str = "vipwire_fragments_v1";
+    /// `PERCPU_ARRAY[l4::SERVICE_IDS]` -> [`crate::l4::ServiceStats`]: per-service counters.
+    pub const SERVICE_STATS: &str = "vipwire_service_stats_v1";
+
     /// Every contract map (not aya-log's `AYA_LOGS` ring buffer or the `.rodata` globals).
-    pub const ALL: [&str; 5] = [L2_VIP4, L2_VIP6, IFACES, CONTROL, COUNTERS];
+    pub const ALL: [&str; 14] = [
+        L2_VIP4,
+        L2_VIP6,
+        IFACES,
+        CONTROL,
+        COUNTERS,
+        SERVICES,
+        MAGLEV,
+        BACKENDS,
+        CONNTRACK,
+        AFFINITY,
+        SOURCE_RANGES,
+        FRAGMENTS,
+        SERVICE_STATS,
+        VIP_FILTER,
+    ];
 }

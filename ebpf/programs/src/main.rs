@@ -11,9 +11,11 @@ mod arp;
 mod checksum;
 mod control;
 mod counters;
+mod l4;
 mod maps;
 mod ndp;
 mod parse;
+mod tc;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vipwire_common::{Reason, selfcheck};
@@ -30,6 +32,41 @@ impl Verdict {
     pub const fn pass(reason: Reason) -> Self {
         Self {
             action: xdp_action::XDP_PASS,
+            reason,
+        }
+    }
+
+    /// A verdict as one register for non-inlined BPF functions (an aggregate return goes
+    /// through a stack pointer the verifier refuses to see returned); [`Verdict::NONE`] for
+    /// "not ours".
+    #[inline(always)]
+    pub const fn pack(self) -> u64 {
+        (self.action as u64) | ((self.reason as u64) << 32)
+    }
+
+    pub const NONE: u64 = u64::MAX;
+
+    /// The inverse of [`Verdict::pack`]; `None` for [`Verdict::NONE`].
+    #[inline(always)]
+    pub fn unpack(packed: u64) -> Option<Self> {
+        let index = (packed >> 32) as u32;
+        if packed == Self::NONE || index >= Reason::COUNT {
+            return None;
+        }
+        // SAFETY: Reason is repr(u32) with the discriminants 0..COUNT (checked in
+        // vipwire-common), and index is below COUNT. Not `Reason::from_index`: LLVM turns its
+        // table read into a load ahead of the bounds check, which the verifier rejects.
+        let reason = unsafe { core::mem::transmute::<u32, Reason>(index) };
+        Some(Self {
+            action: packed as u32,
+            reason,
+        })
+    }
+
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Self {
+            action: xdp_action::XDP_DROP,
             reason,
         }
     }
@@ -64,10 +101,14 @@ fn classify(ctx: &XdpContext) -> Verdict {
         return Verdict::pass(Reason::Malformed);
     };
     match ethertype {
+        parse::ETH_P_IPV4 => l4::ipv4(ctx),
         parse::ETH_P_ARP => arp::handle(ctx),
-        parse::ETH_P_IPV6 => ndp::handle(ctx),
+        parse::ETH_P_IPV6 => match l4::ipv6(ctx) {
+            Some(verdict) => verdict,
+            None => ndp::handle(ctx),
+        },
         selfcheck::ETHERTYPE => control::self_check(ctx),
-        // IPv4, VLAN-tagged (802.1Q/802.1ad: we are not told about VLANs) and the rest.
+        // VLAN-tagged (802.1Q/802.1ad: we are not told about VLANs) and the rest.
         _ => Verdict::pass(Reason::Passed),
     }
 }

@@ -390,7 +390,10 @@ fn self_check_frame_is_passed_and_logged_once_at_info() {
     assert_eq!(out.frame, frame, "passed untouched");
     let logs = h.take_logs();
     assert_eq!(logs.len(), 1, "{logs:?}");
-    assert_eq!(logs[0].message, "self-check: vipwire_xdp runs, contract v1");
+    assert_eq!(
+        logs[0].message,
+        format!("self-check: vipwire_xdp runs, contract v{CONTRACT_VERSION}")
+    );
     assert_eq!(logs[0].level, log::Level::Info);
 
     let mut wrong_magic = frame;

@@ -41,6 +41,13 @@ const CALL_ROUNDS: u32 = 10;
 pub fn measure() -> Report {
     let mut report = Report::new("dataplane");
     prog_run(&mut report);
+    let empty = load_pass_all();
+    let empty: &Xdp = empty
+        .program(programs::XDP_PASS_ALL)
+        .expect("the object has the pass-all program")
+        .try_into()
+        .expect("XDP");
+    crate::l4cost::measure(&mut report, empty);
     flood::measure(&mut report);
     crate::l4lab::measure(&mut report);
     report

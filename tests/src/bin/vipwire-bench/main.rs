@@ -5,6 +5,7 @@ mod agent;
 mod bgp;
 mod dataplane;
 mod flood;
+mod l4cost;
 mod l4lab;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -1,0 +1,332 @@
+//! L4 steering: the tables that take a packet for VIP:port to a local endpoint pod and bring
+//! its replies back as VIP:port.
+//!
+//! Maps by indirection (STYLE.md): frontend (VIP, port, protocol) → service id; (service id,
+//! Maglev slot) → backend id; backend id → pod address, target port and delivery device.
+//! Addresses are 16 bytes in every key and value: an IPv4 address is stored IPv4-mapped
+//! (`::ffff:a.b.c.d`, [`v4_mapped`]), so one set of maps and one code path serve both families.
+//!
+//! Flow of a packet (DESIGN.md, "Data path contract"):
+//! 1. XDP on the uplink finds the [`ServiceKey`], checks the source ranges, finds or creates
+//!    the flow's [`CtKey`] entry (Maglev pick, or ClientIP affinity), rewrites destination
+//!    address and port with incremental checksum updates, writes an [`XdpMeta`] in front of
+//!    the frame and returns `XDP_PASS`.
+//! 2. TC ingress on the same uplink sees the meta and redirects the packet into the pod
+//!    (`bpf_redirect_peer` for a veth, `bpf_redirect_neigh` otherwise): host routing,
+//!    rp_filter and netfilter never see it.
+//! 3. TC ingress on the pod's host-side veth finds the reply's reverse [`CtKey`] entry,
+//!    rewrites the source back to VIP:port and sends it out of the interface a FIB lookup
+//!    names, again past netfilter.
+
+/// Maglev table sizes the agent may choose from (primes, as Maglev needs; the same list as
+/// Cilium's `--bpf-lb-maglev-table-size`). A service's table is the smallest of these that is
+/// at least the configured size and at least 100 × its active backends.
+pub const MAGLEV_SIZES: [u32; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+
+/// Slots per [`MaglevChunk`]. A table of `m` slots is `m.div_ceil(MAGLEV_CHUNK_SLOTS)` chunks,
+/// so a table of up to 1021 slots is written with one map update.
+pub const MAGLEV_CHUNK_SLOTS: u32 = 1024;
+
+/// `max_entries` of `vipwire_services_v1`: frontends (VIP, port, protocol).
+pub const SERVICES_MAX_ENTRIES: u32 = 65536;
+/// Service ids are `1..SERVICE_IDS`; the per-service stats array is indexed by id.
+pub const SERVICE_IDS: u32 = 65536;
+/// `max_entries` of `vipwire_backends_v1`.
+pub const BACKENDS_MAX_ENTRIES: u32 = 65536;
+/// `max_entries` of `vipwire_maglev_v1` (chunks; allocated on insert, not up front).
+pub const MAGLEV_MAX_ENTRIES: u32 = 131072;
+/// `max_entries` of `vipwire_conntrack_v1` (an LRU: two entries per flow).
+pub const CONNTRACK_MAX_ENTRIES: u32 = 262144;
+/// `max_entries` of `vipwire_affinity_v1` (an LRU).
+pub const AFFINITY_MAX_ENTRIES: u32 = 65536;
+/// `max_entries` of `vipwire_source_ranges_v1` (an LPM trie).
+pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16384;
+/// `max_entries` of `vipwire_fragments_v1` (an LRU).
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8192;
+
+/// IP protocol numbers the programs steer.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// An IPv4 address as the 16 bytes every L4 key and value holds: `::ffff:a.b.c.d`.
+pub const fn v4_mapped(addr_be: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr_be[0], addr_be[1], addr_be[2], addr_be[3],
+    ]
+}
+
+/// Whether a 16-byte address is IPv4-mapped, i.e. stands for an IPv4 address.
+#[inline(always)]
+pub const fn is_v4_mapped(addr_be: &[u8; 16]) -> bool {
+    let head = u64::from_ne_bytes([
+        addr_be[0], addr_be[1], addr_be[2], addr_be[3], addr_be[4], addr_be[5], addr_be[6],
+        addr_be[7],
+    ]);
+    head == 0 && addr_be[8] == 0 && addr_be[9] == 0 && addr_be[10] == 0xff && addr_be[11] == 0xff
+}
+
+/// Bits in the VIP filter: a power of two.
+pub const VIP_FILTER_BITS: u32 = 65536;
+const VIP_FILTER_WORDS: usize = (VIP_FILTER_BITS / 64) as usize;
+
+/// The single value (index 0) of `vipwire_vip_filter_v1` (`ARRAY[1]`): a one-hash Bloom filter
+/// of every VIP with a frontend. The XDP program tests the destination of each IP packet here
+/// before anything else, so traffic that is not for a VIP pays an inlined array lookup and one
+/// load instead of a hash map lookup. The agent sets the bit of each VIP ([`vip_filter_bit`])
+/// and clears a bit only when no VIP maps to it any more.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipFilter {
+    pub words: [u64; VIP_FILTER_WORDS],
+}
+const _: () = assert!(size_of::<VipFilter>() == 8192);
+
+impl VipFilter {
+    pub const EMPTY: Self = Self {
+        words: [0; VIP_FILTER_WORDS],
+    };
+}
+
+/// The filter bit of a VIP (16 bytes, IPv4-mapped for IPv4): a multiplicative hash of the
+/// address folded to 32 bits. Kernel and agent share this one definition.
+#[inline(always)]
+pub const fn vip_filter_bit(addr_be: &[u8; 16]) -> u32 {
+    let a = u32::from_ne_bytes([addr_be[0], addr_be[1], addr_be[2], addr_be[3]]);
+    let b = u32::from_ne_bytes([addr_be[4], addr_be[5], addr_be[6], addr_be[7]]);
+    let c = u32::from_ne_bytes([addr_be[8], addr_be[9], addr_be[10], addr_be[11]]);
+    let d = u32::from_ne_bytes([addr_be[12], addr_be[13], addr_be[14], addr_be[15]]);
+    vip_filter_bit_folded(a ^ b ^ c ^ d)
+}
+
+/// [`vip_filter_bit`] from the XOR of the address's four 32-bit words (native order), for
+/// callers that read the words one at a time.
+#[inline(always)]
+pub const fn vip_filter_bit_folded(folded: u32) -> u32 {
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// Key of `vipwire_services_v1` (`HASH`): a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// The VIP (IPv4-mapped for IPv4).
+    pub addr_be: [u8; 16],
+    pub port_be: [u8; 2],
+    /// IP protocol number: [`IPPROTO_TCP`], [`IPPROTO_UDP`] or [`IPPROTO_SCTP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// [`ServiceValue::flags`]: new flows from a client go to the backend it used last
+/// (`sessionAffinity: ClientIP`), for [`ServiceValue::affinity_timeout_s`].
+pub const SERVICE_AFFINITY: u32 = 1 << 0;
+/// [`ServiceValue::flags`]: only sources matching this service's entries in
+/// `vipwire_source_ranges_v1` may connect (`loadBalancerSourceRanges`); with no entry at all,
+/// nobody may.
+pub const SERVICE_SOURCE_RANGES: u32 = 1 << 1;
+
+/// Value of `vipwire_services_v1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// `1..SERVICE_IDS`: the Maglev table, affinity, source ranges and stats are keyed by it.
+    pub id: u32,
+    /// `SERVICE_*` bits.
+    pub flags: u32,
+    /// Slots of this service's Maglev table (one of [`MAGLEV_SIZES`]); 0 while it has no
+    /// active backend: new flows are left to the kernel, established ones still flow.
+    pub maglev_size: u32,
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(size_of::<ServiceValue>() == 16);
+
+/// Key of `vipwire_maglev_v1` (`HASH`, no prealloc): one chunk of a service's table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevKey {
+    pub service_id: u32,
+    /// Slot `s` lives in chunk `s / MAGLEV_CHUNK_SLOTS` at index `s % MAGLEV_CHUNK_SLOTS`.
+    pub chunk: u32,
+}
+const _: () = assert!(size_of::<MaglevKey>() == 8);
+
+/// Value of `vipwire_maglev_v1`: backend ids; slots past the table's size are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    pub backend_ids: [u32; MAGLEV_CHUNK_SLOTS as usize],
+}
+const _: () = assert!(size_of::<MaglevChunk>() == 4096);
+
+/// [`BackendValue::flags`]: ready and not terminating: may take new flows (affinity checks
+/// it; the Maglev table lists only such backends).
+pub const BACKEND_ACTIVE: u32 = 1 << 0;
+/// [`BackendValue::flags`]: [`BackendValue::ifindex`] is the host side of a veth pair whose
+/// peer is the pod's interface: deliver with `bpf_redirect_peer`.
+pub const BACKEND_VETH_PEER: u32 = 1 << 1;
+
+/// Value of `vipwire_backends_v1` (`HASH`, key: backend id as `u32`, never 0): a local
+/// endpoint. A flow whose backend id is missing here is re-balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    /// The pod's address (IPv4-mapped for IPv4).
+    pub addr_be: [u8; 16],
+    /// The resolved target port.
+    pub port_be: [u8; 2],
+    pub _pad: [u8; 2],
+    /// `BACKEND_*` bits.
+    pub flags: u32,
+    /// The host-side device the pod is reached through (route lookup by the agent), or 0
+    /// when unknown: delivery then follows the TC program's FIB lookup.
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<BackendValue>() == 28);
+
+/// [`CtKey::dir`]: client → VIP, as seen on the uplink.
+pub const CT_FORWARD: u8 = 0;
+/// [`CtKey::dir`]: pod → client, as seen on the pod's host-side veth.
+pub const CT_REVERSE: u8 = 1;
+
+/// Key of `vipwire_conntrack_v1` (`LRU_HASH`): a packet's addresses and ports as they are
+/// on the wire where it is looked up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src_be: [u8; 16],
+    pub dst_be: [u8; 16],
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    /// [`CT_FORWARD`] or [`CT_REVERSE`].
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+/// Value of `vipwire_conntrack_v1`.
+///
+/// Forward entries carry the backend; reverse entries carry the frontend to restore. Both are
+/// written by XDP when a flow starts; the LRU ages them out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// Forward: the backend the flow is pinned to.
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// Reverse: the VIP replies must come from.
+    pub nat_addr_be: [u8; 16],
+    /// Reverse: the service port replies must come from.
+    pub nat_port_be: [u8; 2],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<CtValue>() == 32);
+
+/// Key of `vipwire_affinity_v1` (`LRU_HASH`): a client of a service with ClientIP affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client_be: [u8; 16],
+}
+const _: () = assert!(size_of::<AffinityKey>() == 20);
+
+/// Value of `vipwire_affinity_v1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the client's last new flow.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<AffinityValue>() == 16);
+
+/// Data of a `vipwire_source_ranges_v1` key (`LPM_TRIE` of `lpm_trie::Key<SourceRange>`,
+/// value `u8` = 1): an allowed source range of a service. The key's prefix length counts the
+/// service id's 32 bits plus the address prefix (an IPv4 /n is 96 + n: it is IPv4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRange {
+    /// Big-endian, so that the id is the first 32 bits the trie matches.
+    pub service_id_be: [u8; 4],
+    pub addr_be: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceRange>() == 20);
+
+/// Key of `vipwire_fragments_v1` (`LRU_HASH`): the fragments of one datagram to a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src_be: [u8; 16],
+    pub dst_be: [u8; 16],
+    /// IPv4: the 16-bit identification, zero-extended; IPv6: the fragment header's 32 bits.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+/// Value of `vipwire_fragments_v1`: where the first fragment went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<FragValue>() == 8);
+
+/// Per-CPU counters of one service: value of `vipwire_service_stats_v1` (`PERCPU_ARRAY`
+/// indexed by service id). The agent zeroes a slot when it hands out the id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Packets steered to a backend (forward direction).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that got a backend from Maglev or affinity.
+    pub new_flows: u64,
+    /// Replies rewritten back to VIP:port.
+    pub replies: u64,
+    /// Dropped: the source is outside `loadBalancerSourceRanges`.
+    pub source_denied: u64,
+    /// New flows left to the kernel because the service has no active local backend.
+    pub no_backend: u64,
+}
+const _: () = assert!(size_of::<ServiceStats>() == 48);
+
+/// Written by XDP in front of a steered frame (`bpf_xdp_adjust_meta`) for the uplink's TC
+/// program, which delivers it to the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpMeta {
+    /// [`XDP_META_MAGIC`]: anything else in front of a frame is not ours.
+    pub magic: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<XdpMeta>() == 8);
+
+/// [`XdpMeta::magic`]: "vw4\x01".
+pub const XDP_META_MAGIC: u32 = 0x7677_3401;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (each impl): repr(C), integer and byte-array fields only, no implicit padding
+    // (size asserts beside the types).
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::MaglevKey {}
+    unsafe impl aya::Pod for super::MaglevChunk {}
+    unsafe impl aya::Pod for super::BackendValue {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SourceRange {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::VipFilter {}
+}

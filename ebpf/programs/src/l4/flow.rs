@@ -1,0 +1,247 @@
+//! Flows: which backend a packet goes to, and the conntrack entries that keep it there.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use vipwire_common::{
+    Reason,
+    l4::{
+        AffinityKey, AffinityValue, BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey,
+        CtValue, FragKey, FragValue, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES, ServiceValue,
+    },
+};
+
+use super::{
+    headers::{Fragment, Ip},
+    maps::{self, Scratch},
+};
+use crate::Verdict;
+
+/// A packet for a frontend (not a later fragment): find or pick its backend, DNAT, hand it
+/// to TC. (The non-inlined functions here keep each BPF stack frame small: the verifier
+/// allows 512 bytes for the whole call chain.)
+#[inline(never)]
+pub fn forward(scratch: &mut Scratch, ports: [u8; 4], service: &ServiceValue) -> Verdict {
+    let ip = &scratch.ip;
+    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    let stats = maps::stats(service.id);
+    if service.flags & SERVICE_SOURCE_RANGES != 0 && !maps::source_allowed(service.id, ip.src) {
+        count(stats, |s| s.source_denied += 1);
+        return Verdict::drop(Reason::SourceDenied);
+    }
+    scratch.ct = CtKey {
+        src_be: ip.src,
+        dst_be: ip.dst,
+        sport_be: sport,
+        dport_be: dport,
+        proto: ip.proto,
+        dir: CT_FORWARD,
+        _pad: [0; 2],
+    };
+    let ip = &scratch.ip;
+    let (backend_id, backend) = match established(&scratch.ct) {
+        Some(found) => found,
+        None => {
+            let picked = pick(ip, ports, service);
+            let Some(backend) = backend_ptr(picked) else {
+                count(stats, |s| s.no_backend += 1);
+                return Verdict::pass(Reason::NoBackend);
+            };
+            track(&scratch.ct, service.id, picked, backend);
+            count(stats, |s| s.new_flows += 1);
+            (picked, backend)
+        }
+    };
+    if let Fragment::First { id } = ip.fragment {
+        remember_fragment(scratch, id, backend_id, service.id);
+    }
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    let backend = unsafe { &*backend };
+    aim(scratch, backend, backend_id, service.id, true);
+    Verdict::pass(Reason::Steered)
+}
+
+/// Records the rewrite for the DNAT, which runs in the caller's frame (see `super::finish`).
+#[inline(always)]
+fn aim(
+    scratch: &mut Scratch,
+    backend: &BackendValue,
+    backend_id: u32,
+    service_id: u32,
+    port: bool,
+) {
+    scratch.target.addr = backend.addr_be;
+    scratch.target.port = backend.port_be;
+    scratch.target.rewrite_port = u8::from(port);
+    scratch.target.backend_id = backend_id;
+    scratch.target.service_id = service_id;
+}
+
+/// A later fragment: follows its first fragment's backend, or goes to the kernel when the
+/// first fragment was not seen (never dropped here).
+#[inline(never)]
+pub fn later_fragment(scratch: &mut Scratch, id: u32) -> Verdict {
+    scratch.frag = frag_key(&scratch.ip, id);
+    let Some(frag) = maps::FRAGMENTS.get_ptr(scratch.frag) else {
+        return Verdict::pass(Reason::NoBackend);
+    };
+    // SAFETY: a map value from a successful lookup, copied at once.
+    let frag = unsafe { *frag };
+    let Some(backend) = backend_ptr(frag.backend_id) else {
+        return Verdict::pass(Reason::NoBackend);
+    };
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    let backend = unsafe { &*backend };
+    aim(scratch, backend, frag.backend_id, frag.service_id, false);
+    Verdict::pass(Reason::Steered)
+}
+
+/// The backend of an established flow, if it still exists (a map value pointer).
+#[inline(always)]
+pub fn established(key: &CtKey) -> Option<(u32, *const BackendValue)> {
+    let entry = maps::CONNTRACK.get_ptr(key)?;
+    // SAFETY: a map value from a successful lookup.
+    let backend_id = unsafe { (*entry).backend_id };
+    Some((backend_id, backend_ptr(backend_id)?))
+}
+
+#[inline(always)]
+fn backend_ptr(id: u32) -> Option<*const BackendValue> {
+    maps::BACKENDS.get_ptr(id)
+}
+
+/// Where the first fragment of datagram `id` went, for its later fragments. A full table
+/// evicts the oldest datagram; the later fragments then go to the kernel.
+#[inline(never)]
+fn remember_fragment(scratch: &mut Scratch, id: u32, backend_id: u32, service_id: u32) {
+    scratch.frag = frag_key(&scratch.ip, id);
+    let value = FragValue {
+        backend_id,
+        service_id,
+    };
+    let _ = maps::FRAGMENTS.insert(scratch.frag, value, 0);
+}
+
+/// The backend id for a new flow (0: none): the client's affinity if it is still valid,
+/// else Maglev. An id, not the backend: a non-inlined BPF function returns one register.
+#[inline(never)]
+fn pick(ip: &Ip, ports: [u8; 4], service: &ServiceValue) -> u32 {
+    if service.flags & SERVICE_AFFINITY == 0 {
+        return maglev(ip, ports, service);
+    }
+    let key = AffinityKey {
+        service_id: service.id,
+        client_be: ip.src,
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = maps::AFFINITY.get_ptr_mut(key) {
+        // SAFETY: a map value from a successful lookup.
+        let (backend_id, last) = unsafe { ((*entry).backend_id, (*entry).last_ns) };
+        let timeout = u64::from(service.affinity_timeout_s) * 1_000_000_000;
+        if now.saturating_sub(last) <= timeout
+            && let Some(backend) = backend_ptr(backend_id)
+            // SAFETY: a map value pointer from a successful lookup.
+            && unsafe { (*backend).flags } & BACKEND_ACTIVE != 0
+        {
+            // SAFETY: as above.
+            unsafe { (*entry).last_ns = now };
+            return backend_id;
+        }
+    }
+    let backend_id = maglev(ip, ports, service);
+    if backend_id == 0 {
+        return 0;
+    }
+    let value = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_ns: now,
+    };
+    let _ = maps::AFFINITY.insert(key, value, 0);
+    backend_id
+}
+
+/// The Maglev slot's backend id (0: none).
+#[inline(always)]
+fn maglev(ip: &Ip, ports: [u8; 4], service: &ServiceValue) -> u32 {
+    if service.maglev_size == 0 {
+        return 0;
+    }
+    let slot = flow_hash(ip, ports) % service.maglev_size;
+    maps::maglev_backend(service.id, slot)
+}
+
+/// Both conntrack entries of a new flow. A full LRU evicts its oldest entries.
+#[inline(never)]
+fn track(forward: &CtKey, service_id: u32, backend_id: u32, backend: *const BackendValue) {
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    let backend = unsafe { &*backend };
+    let value = CtValue {
+        backend_id,
+        service_id,
+        nat_addr_be: [0; 16],
+        nat_port_be: [0; 2],
+        _pad: [0; 6],
+    };
+    let _ = maps::CONNTRACK.insert(forward, value, 0);
+    let reverse = CtKey {
+        src_be: backend.addr_be,
+        dst_be: forward.src_be,
+        sport_be: backend.port_be,
+        dport_be: forward.sport_be,
+        proto: forward.proto,
+        dir: CT_REVERSE,
+        _pad: [0; 2],
+    };
+    let value = CtValue {
+        backend_id,
+        service_id,
+        nat_addr_be: forward.dst_be,
+        nat_port_be: forward.dport_be,
+        _pad: [0; 6],
+    };
+    let _ = maps::CONNTRACK.insert(reverse, value, 0);
+}
+
+#[inline(always)]
+fn frag_key(ip: &Ip, id: u32) -> FragKey {
+    FragKey {
+        src_be: ip.src,
+        dst_be: ip.dst,
+        id,
+        proto: ip.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Spreads flows over Maglev slots: the client address and both ports through murmur3's
+/// finalizer. The same flow always hashes the same.
+#[inline(always)]
+fn flow_hash(ip: &Ip, ports: [u8; 4]) -> u32 {
+    let s = &ip.src;
+    let mut h = 0x9e37_79b9 ^ u32::from(ip.proto);
+    h = mix(h ^ u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+    h = mix(h ^ u32::from_ne_bytes([s[4], s[5], s[6], s[7]]));
+    h = mix(h ^ u32::from_ne_bytes([s[8], s[9], s[10], s[11]]));
+    h = mix(h ^ u32::from_ne_bytes([s[12], s[13], s[14], s[15]]));
+    mix(h ^ u32::from_ne_bytes(ports))
+}
+
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+pub fn count(
+    stats: Option<*mut vipwire_common::l4::ServiceStats>,
+    f: impl FnOnce(&mut vipwire_common::l4::ServiceStats),
+) {
+    if let Some(stats) = stats {
+        // SAFETY: a per-CPU slot, only touched by this CPU while the program runs.
+        f(unsafe { &mut *stats });
+    }
+}

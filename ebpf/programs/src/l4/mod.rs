@@ -1,0 +1,168 @@
+//! L4 steering in XDP: packets for a frontend (VIP, port, protocol) are DNATed to a local
+//! backend and handed to the uplink's TC program with an [`XdpMeta`] in front, which
+//! delivers them into the pod (see `crate::tc` and vipwire_common::l4 for the whole path).
+//!
+//! Anything that is not for a frontend leaves with `XDP_PASS`, untouched. A new flow gets its
+//! backend from ClientIP affinity or the service's Maglev table and is recorded in conntrack
+//! in both directions; later packets follow conntrack, so a flow stays on its backend when
+//! the endpoint set changes, until that backend is removed.
+
+mod csum;
+mod flow;
+mod headers;
+mod icmp;
+pub mod maps;
+mod nat;
+mod sctp;
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use vipwire_common::{
+    Reason,
+    l4::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, XDP_META_MAGIC, XdpMeta},
+};
+
+use self::headers::{Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6};
+pub use self::{csum::Delta, sctp::port_changed as sctp_port_changed};
+use crate::{Verdict, parse::ptr_at};
+
+/// An IPv4 packet: steered when it is for a frontend, else passed.
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext) -> Verdict {
+    match headers::ipv4_dst_folded(ctx) {
+        Some(folded) if maps::maybe_vip(folded) => steer_ipv4(ctx),
+        _ => Verdict::pass(Reason::Passed),
+    }
+}
+
+/// An IPv6 packet for a VIP: its verdict. `None` when the destination is not a VIP: the
+/// caller goes on with neighbor discovery.
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext) -> Option<Verdict> {
+    match headers::ipv6_dst_folded(ctx) {
+        Some(folded) if maps::maybe_vip(folded) => steer_ipv6(ctx),
+        _ => None,
+    }
+}
+
+// Separate BPF functions: the pass-through path stays small, and the steering path's stack
+// frame is not added to the ARP/NDP ones.
+#[inline(always)]
+fn steer_ipv4(ctx: &XdpContext) -> Verdict {
+    finish(ctx, steer_ipv4_packed(ctx)).unwrap_or(Verdict::pass(Reason::Passed))
+}
+
+#[inline(always)]
+fn steer_ipv6(ctx: &XdpContext) -> Option<Verdict> {
+    finish(ctx, steer_ipv6_packed(ctx))
+}
+
+/// Carries out what the lookup decided. The rewrites run here, one call below the program's
+/// own frame, rather than under the lookup's calls: the verifier adds up the stack of every
+/// frame in a call chain (512 bytes at most).
+#[inline(always)]
+fn finish(ctx: &XdpContext, packed: u64) -> Option<Verdict> {
+    let verdict = Verdict::unpack(packed)?;
+    match verdict.reason {
+        Reason::Steered => {
+            let scratch = maps::scratch()?;
+            let target = &scratch.target;
+            let port = (target.rewrite_port != 0).then_some(target.port);
+            if !nat::dnat(ctx, &scratch.ip, &target.addr, port) {
+                return Some(Verdict::pass(Reason::Malformed));
+            }
+            flow::count(maps::stats(target.service_id), |s| {
+                s.packets += 1;
+                s.bytes += u64::from(scratch.ip.len);
+            });
+            hand_to_tc(ctx, target.backend_id);
+            Some(verdict)
+        }
+        // A candidate: the lookup saw an ICMP error to a VIP.
+        Reason::IcmpError => {
+            let scratch = maps::scratch()?;
+            Verdict::unpack(if scratch.ip.v6 {
+                icmp::error_v6(ctx, &scratch.ip)
+            } else {
+                icmp::error_v4(ctx, &scratch.ip)
+            })
+        }
+        _ => Some(verdict),
+    }
+}
+
+#[inline(never)]
+fn steer_ipv4_packed(ctx: &XdpContext) -> u64 {
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::NONE;
+    };
+    if headers::ipv4(ctx, &mut scratch.ip).is_none() {
+        return Verdict::NONE;
+    }
+    steer(ctx, scratch)
+}
+
+#[inline(never)]
+fn steer_ipv6_packed(ctx: &XdpContext) -> u64 {
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::NONE;
+    };
+    if headers::ipv6(ctx, &mut scratch.ip).is_none() {
+        return Verdict::NONE;
+    }
+    steer(ctx, scratch)
+}
+
+/// A packed verdict; [`Verdict::NONE`]: not for a frontend (the packet is untouched).
+#[inline(always)]
+fn steer(ctx: &XdpContext, scratch: &mut maps::Scratch) -> u64 {
+    let ip = &scratch.ip;
+    if let Fragment::Later { id } = ip.fragment {
+        return flow::later_fragment(scratch, id).pack();
+    }
+    match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {}
+        IPPROTO_ICMP if !ip.v6 => return Verdict::pass(Reason::IcmpError).pack(),
+        IPPROTO_ICMPV6 if ip.v6 => return Verdict::pass(Reason::IcmpError).pack(),
+        _ => return Verdict::NONE,
+    }
+    steer_ports(ctx, scratch).map_or(Verdict::NONE, Verdict::pack)
+}
+
+#[inline(always)]
+fn steer_ports(ctx: &XdpContext, scratch: &mut maps::Scratch) -> Option<Verdict> {
+    let ip = &scratch.ip;
+    let ports = ptr_at::<[u8; 4]>(ctx, ip.l4())?;
+    // SAFETY: bounds-checked by ptr_at.
+    let ports = unsafe { *ports };
+    let service = ServiceKey {
+        addr_be: ip.dst,
+        port_be: [ports[2], ports[3]],
+        proto: ip.proto,
+        _pad: 0,
+    };
+    let service = maps::SERVICES.get_ptr(service)?;
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    Some(flow::forward(scratch, ports, unsafe { &*service }))
+}
+
+/// Puts the [`XdpMeta`] for the uplink's TC program in front of the frame. Without room for
+/// it (a driver without metadata support), the DNATed packet goes to the kernel as it is.
+#[inline(always)]
+fn hand_to_tc(ctx: &XdpContext, backend_id: u32) {
+    // SAFETY: the helper only moves data_meta; every pointer is re-derived afterwards.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<XdpMeta>() as i32)) } != 0 {
+        return;
+    }
+    let meta = ctx.metadata();
+    if meta + size_of::<XdpMeta>() > ctx.data() {
+        return;
+    }
+    // SAFETY: bounds-checked against data just above; XdpMeta's alignment (4) holds
+    // because data is 4-aligned and the meta is 8 bytes before it.
+    unsafe {
+        *(meta as *mut XdpMeta) = XdpMeta {
+            magic: XDP_META_MAGIC,
+            backend_id,
+        };
+    }
+}

@@ -1,0 +1,319 @@
+//! The TC half of L4 steering (vipwire_common::l4 has the whole path).
+//!
+//! - `vipwire_tc_deliver` (ingress, uplinks): a frame the XDP program steered carries an
+//!   `XdpMeta`; it goes straight into its pod. `bpf_redirect_peer` when the backend sits
+//!   behind a veth (the packet enters the pod's namespace in this softirq, as if received on
+//!   the pod's interface: nothing in the pod is needed), else out of the device a FIB lookup
+//!   names. The host's routing, rp_filter and netfilter never see it.
+//! - `vipwire_tc_reply` (ingress, the host side of each local backend's veth): a reply of a
+//!   tracked flow gets VIP:port back as its source and leaves by the FIB's route to the
+//!   client, past the host's FORWARD chain, whichever interface that is.
+//!
+//! Checksums here go through the skb helpers: a reply from a pod is usually
+//! CHECKSUM_PARTIAL (the field holds only the pseudo-header sum), which they handle.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+};
+use vipwire_common::{
+    Reason,
+    l4::{
+        BACKEND_VETH_PEER, CT_REVERSE, CtKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+        XDP_META_MAGIC, XdpMeta, is_v4_mapped, v4_mapped,
+    },
+};
+
+use crate::{
+    counters,
+    l4::{maps, sctp_port_changed},
+};
+
+const ETH_HLEN: u32 = 14;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+
+#[classifier]
+pub fn vipwire_tc_deliver(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer is valid for this run; data_meta/data are plain loads.
+    let (meta, data) = unsafe {
+        (
+            (*ctx.skb.skb).data_meta as usize,
+            (*ctx.skb.skb).data as usize,
+        )
+    };
+    if meta + size_of::<XdpMeta>() > data {
+        return TC_ACT_OK;
+    }
+    // SAFETY: bounds-checked against data just above.
+    let meta = unsafe { *(meta as *const XdpMeta) };
+    if meta.magic != XDP_META_MAGIC {
+        return TC_ACT_OK;
+    }
+    let action = deliver(&ctx, meta.backend_id);
+    counters::bump(if action == TC_ACT_OK {
+        Reason::Undeliverable
+    } else {
+        Reason::Delivered
+    });
+    action
+}
+
+#[classifier]
+pub fn vipwire_tc_reply(ctx: TcContext) -> i32 {
+    match reply(&ctx) {
+        Some(action) => {
+            counters::bump(Reason::ReplyNat);
+            action
+        }
+        None => TC_ACT_OK,
+    }
+}
+
+/// Redirects a steered packet to backend `backend_id`; `TC_ACT_OK` when it cannot.
+#[inline(always)]
+fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
+    let Some(backend) = maps::BACKENDS.get_ptr(backend_id) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: a map value from a successful lookup, copied at once.
+    let backend = unsafe { *backend };
+    let Some(src) = packet_src(ctx) else {
+        return TC_ACT_OK;
+    };
+    let mut fib = fib_params(&src, &backend.addr_be, ctx);
+    match fib_lookup(ctx, &mut fib) {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if set_macs(ctx, &fib).is_none() {
+                return TC_ACT_OK;
+            }
+            if backend.flags & BACKEND_VETH_PEER != 0 && backend.ifindex == fib.ifindex {
+                // SAFETY: helper without memory arguments.
+                unsafe { bpf_redirect_peer(fib.ifindex, 0) as i32 }
+            } else {
+                // SAFETY: as above.
+                unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+            }
+        }
+        // SAFETY: a null params pointer asks the helper to resolve the next hop itself.
+        BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
+            bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32
+        },
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Rewrites a reply of a tracked flow to come from VIP:port and sends it towards the
+/// client. `None`: not a reply we track.
+#[inline(always)]
+fn reply(ctx: &TcContext) -> Option<i32> {
+    let ethertype: [u8; 2] = ctx.load(12).ok()?;
+    let (v6, l4, l4_len, proto, src, dst) = if ethertype == ETH_P_IP {
+        let vihl: u8 = ctx.load(ETH_HLEN as usize).ok()?;
+        if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+            return None;
+        }
+        let frag: [u8; 2] = ctx.load(ETH_HLEN as usize + 6).ok()?;
+        // A later fragment has no ports: not one we can match.
+        if frag[0] & 0x1f != 0 || frag[1] != 0 {
+            return None;
+        }
+        let total: [u8; 2] = ctx.load(ETH_HLEN as usize + 2).ok()?;
+        let proto: u8 = ctx.load(ETH_HLEN as usize + 9).ok()?;
+        let addrs: [u8; 8] = ctx.load(ETH_HLEN as usize + 12).ok()?;
+        let ihl = u32::from(vihl & 0x0f) * 4;
+        (
+            false,
+            ETH_HLEN + ihl,
+            u32::from(u16::from_be_bytes(total)).checked_sub(ihl)?,
+            proto,
+            v4_mapped([addrs[0], addrs[1], addrs[2], addrs[3]]),
+            v4_mapped([addrs[4], addrs[5], addrs[6], addrs[7]]),
+        )
+    } else if ethertype == ETH_P_IPV6 {
+        // Replies from a pod carry no extension headers in practice; others pass.
+        let payload: [u8; 2] = ctx.load(ETH_HLEN as usize + 4).ok()?;
+        let proto: u8 = ctx.load(ETH_HLEN as usize + 6).ok()?;
+        let src: [u8; 16] = ctx.load(ETH_HLEN as usize + 8).ok()?;
+        let dst: [u8; 16] = ctx.load(ETH_HLEN as usize + 24).ok()?;
+        let len = u32::from(u16::from_be_bytes(payload));
+        (true, ETH_HLEN + 40, len, proto, src, dst)
+    } else {
+        return None;
+    };
+    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        return None;
+    }
+    let ports: [u8; 4] = ctx.load(l4 as usize).ok()?;
+    let key = CtKey {
+        src_be: src,
+        dst_be: dst,
+        sport_be: [ports[0], ports[1]],
+        dport_be: [ports[2], ports[3]],
+        proto,
+        dir: CT_REVERSE,
+        _pad: [0; 2],
+    };
+    let entry = maps::CONNTRACK.get_ptr(key)?;
+    // SAFETY: a map value from a successful lookup, copied at once.
+    let entry = unsafe { *entry };
+    let old_port = [ports[0], ports[1]];
+    let new_port = entry.nat_port_be;
+    let ports = (old_port, new_port);
+    snat(
+        ctx,
+        v6,
+        (l4, l4_len),
+        proto,
+        (&src, &entry.nat_addr_be),
+        ports,
+    )?;
+    if let Some(stats) = maps::stats(entry.service_id) {
+        // SAFETY: a per-CPU slot, only touched by this CPU while the program runs.
+        unsafe { (*stats).replies += 1 };
+    }
+    let mut fib = fib_params(&entry.nat_addr_be, &dst, ctx);
+    Some(match fib_lookup(ctx, &mut fib) {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            set_macs(ctx, &fib)?;
+            // SAFETY: helper without memory arguments.
+            unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+        }
+        // SAFETY: a null params pointer asks the helper to resolve the next hop itself.
+        BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
+            bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32
+        },
+        // No route to the client: the kernel may know better (it now sees VIP:port).
+        _ => TC_ACT_OK,
+    })
+}
+
+/// Source address and port rewrite with checksum updates through the skb helpers.
+/// `(l4, l4_len)`: where the upper layer starts and its length; `(old, new)` addresses and
+/// ports.
+#[inline(always)]
+fn snat(
+    ctx: &TcContext,
+    v6: bool,
+    (l4, l4_len): (u32, u32),
+    proto: u8,
+    (old, new): (&[u8; 16], &[u8; 16]),
+    (old_port, new_port): ([u8; 2], [u8; 2]),
+) -> Option<()> {
+    let csum_at = match proto {
+        IPPROTO_TCP => Some(l4 + 16),
+        IPPROTO_UDP => Some(l4 + 6),
+        _ => None,
+    };
+    let udp = if proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let words = if v6 { 0..4 } else { 3..4 };
+    for i in words {
+        let o = u32::from_ne_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
+        let n = u32::from_ne_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]);
+        if let Some(at) = csum_at {
+            let flags = u64::from(BPF_F_PSEUDO_HDR) | udp | 4;
+            ctx.l4_csum_replace(at as usize, u64::from(o), u64::from(n), flags)
+                .ok()?;
+        }
+        if !v6 {
+            ctx.l3_csum_replace(ETH_HLEN as usize + 10, u64::from(o), u64::from(n), 4)
+                .ok()?;
+        }
+        let at =
+            if v6 { ETH_HLEN + 8 } else { ETH_HLEN + 12 } as usize + if v6 { i * 4 } else { 0 };
+        ctx.store(at, &n.to_ne_bytes(), 0).ok()?;
+    }
+    if old_port != new_port {
+        match csum_at {
+            Some(at) => {
+                let o = u16::from_ne_bytes(old_port);
+                let n = u16::from_ne_bytes(new_port);
+                ctx.l4_csum_replace(at as usize, u64::from(o), u64::from(n), udp | 2)
+                    .ok()?;
+            }
+            None => {
+                let field: [u8; 4] = ctx.load(l4 as usize + 8).ok()?;
+                let crc = sctp_port_changed(field, old_port, new_port, 0, l4_len)?;
+                ctx.store(l4 as usize + 8, &crc, 0).ok()?;
+            }
+        }
+        ctx.store(l4 as usize, &new_port, 0).ok()?;
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn packet_src(ctx: &TcContext) -> Option<[u8; 16]> {
+    let ethertype: [u8; 2] = ctx.load(12).ok()?;
+    if ethertype == ETH_P_IP {
+        let src: [u8; 4] = ctx.load(ETH_HLEN as usize + 12).ok()?;
+        Some(v4_mapped(src))
+    } else if ethertype == ETH_P_IPV6 {
+        ctx.load(ETH_HLEN as usize + 8).ok()
+    } else {
+        None
+    }
+}
+
+/// FIB lookup parameters for `src` → `dst` arriving on the skb's interface. IPv4-mapped
+/// addresses select AF_INET.
+#[inline(always)]
+fn fib_params(src: &[u8; 16], dst: &[u8; 16], ctx: &TcContext) -> FibLookup {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value (integers and unions of them).
+    let mut fib: FibLookup = unsafe { core::mem::zeroed() };
+    // SAFETY: the context pointer is valid for this run.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    if is_v4_mapped(src) {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[12], src[13], src[14], src[15]]);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]);
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = words(src);
+        fib.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+    fib.__bindgen_anon_1.tot_len = ctx.len() as u16;
+    fib
+}
+
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &TcContext, fib: &mut FibLookup) -> u32 {
+    // SAFETY: params points at a whole bpf_fib_lookup on our stack.
+    unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            fib as *mut FibLookup,
+            size_of::<FibLookup>() as i32,
+            0,
+        ) as u32
+    }
+}
+
+#[inline(always)]
+fn set_macs(ctx: &TcContext, fib: &FibLookup) -> Option<()> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&fib.dmac);
+    macs[6..].copy_from_slice(&fib.smac);
+    ctx.store(0, &macs, 0).ok()
+}
