@@ -66,11 +66,6 @@ pub fn softirq_time() -> Duration {
     cpu_field(7)
 }
 
-/// Busy time (everything but idle and iowait) of all CPUs since boot.
-pub fn busy_time() -> Duration {
-    (1..=8).filter(|&i| i != 4 && i != 5).map(cpu_field).sum()
-}
-
 /// Field `n` of the `cpu` line of /proc/stat (1 = user, 7 = softirq), as time.
 fn cpu_field(n: usize) -> Duration {
     let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
