@@ -91,8 +91,11 @@ fn assert_direct(reply: &Reply, to: SocketAddr) {
     );
 }
 
-fn tcp_and_udp_reach_a_pod(v6: bool) {
-    let mut running = Running::start(&Options::default());
+fn tcp_and_udp_reach_a_pod(v6: bool, client_xdp: bool) {
+    let mut running = Running::start(&Options {
+        client_xdp,
+        ..Options::default()
+    });
     if v6 {
         running.wait_serving(true);
     }
@@ -132,12 +135,20 @@ fn tcp_and_udp_reach_a_pod(v6: bool) {
 
 #[test]
 fn tcp_and_udp_over_ipv4_reach_a_pod_with_the_client_ip_through_a_hostile_node() {
-    tcp_and_udp_reach_a_pod(false);
+    tcp_and_udp_reach_a_pod(false, true);
 }
 
 #[test]
 fn tcp_and_udp_over_ipv6_reach_a_pod_with_the_client_ip_through_a_hostile_node() {
-    tcp_and_udp_reach_a_pod(true);
+    tcp_and_udp_reach_a_pod(true, true);
+}
+
+/// Whether the client's ends need the pass-all XDP program: every frame vipwire sends towards
+/// the client leaves through TC (redirect to the uplink's egress), not XDP_TX or XDP_REDIRECT,
+/// so a plain veth peer, without XDP or GRO, must receive it.
+#[test]
+fn the_client_ends_need_no_xdp_program() {
+    tcp_and_udp_reach_a_pod(false, false);
 }
 
 /// A request through the kernel path, by protocol; `Ok` only for a direct answer.
