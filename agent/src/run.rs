@@ -154,6 +154,7 @@ async fn agent(
         plane.attach(interface)?;
     }
     plane.forget_other_interfaces()?;
+    plane.enable_l4(config.l4.maglev_table_size)?;
     state.set_attached(true);
     match logs::spawn_forwarder(plane.ebpf_mut()) {
         Ok(_) => {}
@@ -289,6 +290,15 @@ fn reconcile(
         {
             crate::l2::spawn_announcements(a.interface.clone(), a.ifindex, a.mac, entry.addr);
         }
+    }
+    if let Some(delta) = plane.apply_l4(&desired.services)? {
+        for frontend in &delta.removed {
+            tracing::info!(%frontend, "stopped steering");
+        }
+        for frontend in &delta.added {
+            tracing::info!(%frontend, "steering");
+        }
+        state.set_steering(plane.l4_view());
     }
     if let Some(speaker) = speaker {
         speaker.set_announcements(desired.bgp.clone());

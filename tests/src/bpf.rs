@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
 use aya_log::EbpfLogger;
@@ -161,6 +161,32 @@ impl XdpHarness {
             verdict: result.return_value.into(),
             frame: out,
         })
+    }
+
+    /// Runs `frame` once through the TC program `name` (loaded on first use, sharing this
+    /// object's maps): its return code (`TC_ACT_*`) and the frame as it left.
+    pub fn run_tc(&mut self, name: &str, frame: &[u8]) -> (i32, Vec<u8>) {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("the object has TC program {name}"))
+            .try_into()
+            .expect("a TC program");
+        if program.fd().is_err() {
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
+        }
+        let mut out = vec![0u8; frame.len() + OUTPUT_SLACK];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_RUN of {name}: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value as i32, out)
     }
 
     /// Runs `frame` `repeat` times in one syscall; the kernel reports the mean time per run.

@@ -373,3 +373,44 @@ fn steered_ports_are_the_backends() {
     assert_eq!(parsed.src, ip(CLIENT6), "the client's address is kept");
     assert_eq!(ports(&out, parsed.l4), (46000, 8080));
 }
+
+#[test]
+fn tc_programs_load_and_reply_nat_restores_the_frontend() {
+    use vipwire_common::programs::{TC_DELIVER, TC_REPLY};
+    const TC_ACT_OK: i32 = 0;
+    const TC_ACT_REDIRECT: i32 = 7;
+    let mut h = setup();
+    // A frame without an XdpMeta is not the deliver program's business.
+    let plain = flow(CLIENT4, "10.244.0.11", 40000, 8080, TCP).frame();
+    let (code, out) = h.run_tc(TC_DELIVER, &plain);
+    assert_eq!((code, out), (TC_ACT_OK, plain));
+
+    for (client, vip, pod, proto, vport, tport) in [
+        (CLIENT4, VIP4, "10.244.0.11", TCP, 80, 8080),
+        (CLIENT4, VIP4, "10.244.0.12", UDP, 53, 5353),
+        (CLIENT4, VIP4, "10.244.0.13", SCTP, 9, 9999),
+        (CLIENT6, VIP6, "fd00:244::11", TCP, 80, 8080),
+        (CLIENT6, VIP6, "fd00:244::12", UDP, 53, 5353),
+    ] {
+        // The flow starts (XDP tracks it), then the pod answers.
+        steer(&mut h, &flow(client, vip, 47000, vport, proto).frame());
+        let reply = flow(pod, client, tport, 47000, proto).frame();
+        let (code, out) = h.run_tc(TC_REPLY, &reply);
+        // No route to the client in the test's namespace: the rewritten reply goes to the
+        // kernel (TC_ACT_OK); with one, it is redirected. Either way it is rewritten.
+        assert!(
+            code == TC_ACT_OK || code == TC_ACT_REDIRECT,
+            "{proto}: code {code}"
+        );
+        let expected = flow(vip, client, vport, 47000, proto).frame();
+        verify(&out[..expected.len()]);
+        assert_eq!(
+            hex(&out[12..expected.len()]),
+            hex(&expected[12..]),
+            "{client} {proto}: reply rewritten to come from VIP:port (MACs may change)"
+        );
+        // A packet from the pod that is not a reply of a tracked flow: untouched.
+        let other = flow(pod, client, tport, 47999, proto).frame();
+        assert_eq!(h.run_tc(TC_REPLY, &other), (TC_ACT_OK, other));
+    }
+}

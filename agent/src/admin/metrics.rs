@@ -124,6 +124,39 @@ pub fn render(state: &AdminState) -> String {
             &one(f(dataplane.heartbeat.fresh)),
         );
     }
+    if !status.services.is_empty() {
+        use crate::dataplane::l4::status::ServiceCounters;
+        for (i, (field, help)) in ServiceCounters::FIELDS.iter().enumerate() {
+            let samples: Vec<_> = status
+                .services
+                .iter()
+                .filter_map(|svc| {
+                    let value = svc.counters?.values()[i];
+                    Some((format!(r#"{{frontend="{}"}}"#, svc.frontend), value as f64))
+                })
+                .collect();
+            gauge(&format!("service_{field}_total"), help, "counter", &samples);
+        }
+        let backends: Vec<_> = status
+            .services
+            .iter()
+            .flat_map(|svc| {
+                ["active", "draining"].into_iter().map(move |state| {
+                    let n = svc.backends.iter().filter(|b| b.state == state).count();
+                    (
+                        format!(r#"{{frontend="{}",state="{state}"}}"#, svc.frontend),
+                        n as f64,
+                    )
+                })
+            })
+            .collect();
+        gauge(
+            "service_backends",
+            "Local backends of each steered frontend, by state.",
+            "gauge",
+            &backends,
+        );
+    }
     gauge(
         "dataplane_readable",
         "1 when the pinned maps could be read.",

@@ -24,6 +24,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 pub use self::status::AgentStatus;
 use crate::{
     bgp::PeerStatus,
+    dataplane::l4::ServiceView,
     model::Desired,
     snapshot::Snapshot,
     source::{SourceStatus, kube::KubeHealth},
@@ -70,6 +71,8 @@ pub struct AdminState {
     reconciled: Mutex<Option<Reconciled>>,
     /// `None` when BGP is not configured.
     bgp: Mutex<Option<bgp::BgpSnapshot>>,
+    /// The L4 writer's services as last written (`None`: L4 not running).
+    steering: Mutex<Option<Arc<Vec<ServiceView>>>>,
 }
 
 impl AdminState {
@@ -81,7 +84,17 @@ impl AdminState {
             attached: Mutex::new(false),
             reconciled: Mutex::new(None),
             bgp: Mutex::new(None),
+            steering: Mutex::new(None),
         }
+    }
+
+    /// The steered services after an L4 apply.
+    pub fn set_steering(&self, services: Vec<ServiceView>) {
+        *lock(&self.steering) = Some(Arc::new(services));
+    }
+
+    pub fn steering(&self) -> Option<Arc<Vec<ServiceView>>> {
+        lock(&self.steering).clone()
     }
 
     /// Every configured interface has its XDP program attached.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{AdminState, SourceWatch};
 use crate::{
     dataplane::{
+        l4::status::{self as l4_status, ServiceStatus},
         paths::PinPaths,
         status::{self as dp_status, DataplaneStatus, HeartbeatStatus, InterfaceStatus},
     },
@@ -97,6 +98,9 @@ pub struct AgentStatus {
     pub reconciles: u64,
     /// The BGP sessions, one per configured peer (`null` without a `bgp` config section).
     pub bgp: Option<super::bgp::BgpView>,
+    /// Steered frontends (L4): the writer's view (with draining backends) and the pinned
+    /// per-service counters; the same shape as the pinned-maps output's `services`.
+    pub services: Vec<ServiceStatus>,
     /// The pinned maps as the agent reads them (absent when they cannot be read).
     #[serde(flatten)]
     pub dataplane: Option<DataplaneView>,
@@ -114,6 +118,7 @@ pub struct DataplaneView {
 
 impl From<DataplaneStatus> for DataplaneView {
     fn from(status: DataplaneStatus) -> Self {
+        // `services` is the agent status's own field (it knows draining backends).
         Self {
             bpffs_dir: status.bpffs_dir,
             heartbeat: status.heartbeat,
@@ -163,12 +168,20 @@ impl AgentStatus {
             warnings: Vec::new(),
             reconciles: 0,
             bgp: state.bgp(),
+            services: Vec::new(),
             dataplane: None,
             dataplane_error: None,
         };
-        match dp_status::read(&PinPaths::new(&state.bpffs_dir)) {
-            Ok(dataplane) => status.dataplane = Some(dataplane.into()),
+        let paths = PinPaths::new(&state.bpffs_dir);
+        match dp_status::read(&paths) {
+            Ok(mut dataplane) => {
+                status.services = std::mem::take(&mut dataplane.services);
+                status.dataplane = Some(dataplane.into());
+            }
             Err(err) => status.dataplane_error = Some(error_chain(&err)),
+        }
+        if let Some(view) = state.steering() {
+            status.services = l4_status::from_view(&view, &paths);
         }
         let Some(reconciled) = reconciled else {
             return status;
@@ -303,6 +316,35 @@ pub fn to_text(status: &serde_json::Value) -> String {
         }
     }
     out.push_str(&super::bgp::to_text(status));
+    if let Some(services) = status["services"].as_array()
+        && !services.is_empty()
+    {
+        out.push_str("steered services:\n");
+        for svc in services {
+            let c = &svc["counters"];
+            out.push_str(&format!(
+                "  {:<32} id {:<5} maglev {:<5} packets {} new_flows {} replies {} denied {} no_backend {}\n",
+                s(&svc["frontend"]),
+                s(&svc["service_id"]),
+                s(&svc["maglev_size"]),
+                s(&c["packets"]),
+                s(&c["new_flows"]),
+                s(&c["replies"]),
+                s(&c["source_denied"]),
+                s(&c["no_backend"])
+            ));
+            for b in svc["backends"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "    {:<40} id {:<6} {:<8} ifindex {} ({})\n",
+                    format!("{}:{}", s(&b["address"]), s(&b["port"])),
+                    s(&b["id"]),
+                    s(&b["state"]),
+                    s(&b["ifindex"]),
+                    s(&b["delivery"])
+                ));
+            }
+        }
+    }
     let dataplane = status;
     if dataplane["heartbeat"].is_object() {
         let heartbeat = &dataplane["heartbeat"];

@@ -43,6 +43,14 @@ pub struct Config {
     pub l2: L2Config,
     pub admin_listen: SocketAddr,
     pub bpffs_dir: PathBuf,
+    pub l4: L4Config,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct L4Config {
+    /// The smallest Maglev table a service gets (one of `vipwire_common::l4::MAGLEV_SIZES`);
+    /// a service with more than `size / 100` active local backends gets a bigger one.
+    pub maglev_table_size: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -155,6 +163,13 @@ pub struct RawConfig {
     l2: Option<RawL2>,
     admin: Option<RawAdmin>,
     bpffs_dir: Option<PathBuf>,
+    l4: Option<RawL4>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawL4 {
+    maglev_table_size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +225,11 @@ struct RawAdmin {
 }
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9469";
+/// Per-node tables hold only this node's endpoints (a handful per service, not the cluster's
+/// hundreds, which is what Cilium's 16381 is sized for): 1021 slots is ≥ 100 × up to 10 local
+/// backends, fits one 4 KiB chunk (one map update per table change) and costs 4 KiB per
+/// service instead of 64 KiB. Services with more local backends grow automatically.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 1021;
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_HOLD: Duration = Duration::from_secs(90);
 /// Short on purpose: long enough for an agent restart (a pod restart, an upgrade), short
@@ -276,6 +296,19 @@ fn validate(
                 .map_err(|_| invalid("admin.listen", format!("{text:?} is not an address:port")))?
         }
     };
+    let maglev_table_size = raw
+        .l4
+        .and_then(|l4| l4.maglev_table_size)
+        .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+    if !crate::dataplane::maglev::is_valid_size(maglev_table_size) {
+        return Err(invalid(
+            "l4.maglevTableSize",
+            format!(
+                "{maglev_table_size} is not one of {:?}",
+                vipwire_common::l4::MAGLEV_SIZES
+            ),
+        ));
+    }
     Ok(Config {
         node_name,
         interfaces,
@@ -290,6 +323,7 @@ fn validate(
             .bpffs_dir
             .or(raw.bpffs_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR)),
+        l4: L4Config { maglev_table_size },
     })
 }
 

@@ -98,6 +98,12 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(config.bgp, None);
     assert!(config.l2.enabled);
     assert_eq!(config.l2.heartbeat_timeout, DEFAULT_HEARTBEAT_TIMEOUT);
+    assert_eq!(config.l4.maglev_table_size, DEFAULT_MAGLEV_TABLE_SIZE);
+    let l4 = load_text(
+        "interfaces: [eth0]\nl4: {maglevTableSize: 16381}\n",
+        Overrides::default(),
+    );
+    assert_eq!(l4.unwrap().l4.maglev_table_size, 16381);
     let bgp = load_text(
         "interfaces: [eth0]\nbgp: {asn: 1, peers: [{address: 'fd00::1', asn: 2}]}\n",
         Overrides::default(),
@@ -182,6 +188,14 @@ fn bad_input_names_the_field() {
             "l2.heartbeatTimeout",
         ),
         ("interfaces: eth0\n", "interfaces"),
+        (
+            "interfaces: [eth0]\nl4: {maglevTableSize: 1000}\n",
+            "l4.maglevTableSize",
+        ),
+        (
+            "interfaces: [eth0]\nl4: {maglevTableSize: -1}\n",
+            "l4.maglevTableSize",
+        ),
     ];
     for (text, field) in cases {
         let message = error_of(text);

@@ -15,7 +15,13 @@ use aya::{
 };
 use vipwire_common::{Iface, Reason, maps, programs};
 
-use super::{iface, paths::PinPaths};
+use super::{
+    iface,
+    l4::{L4Delta, L4Error, L4Writer, ServiceView},
+    paths::PinPaths,
+    tc,
+};
+use crate::model::{DesiredService, Frontend};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -69,6 +75,10 @@ pub enum LoaderError {
     },
     #[error("self-check of program {name}: {detail}")]
     SelfCheck { name: &'static str, detail: String },
+    #[error(transparent)]
+    Tc(#[from] tc::TcError),
+    #[error("writing the L4 maps")]
+    L4(#[from] L4Error),
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -113,7 +123,19 @@ pub struct Dataplane {
     ebpf: Ebpf,
     paths: PinPaths,
     attached: Vec<Attachment>,
+    /// The object has the L4 (TC) programs; without them the agent only answers ARP/NDP.
+    l4: bool,
+    /// Reply links taken over or created by this process, by ifindex.
+    reply_links: BTreeSet<u32>,
+    /// Set by [`Dataplane::enable_l4`].
+    writer: Option<L4Writer>,
+    /// When the L4 writer last re-read the maps.
+    l4_read_at: std::time::Instant,
 }
+
+/// How often the L4 writer re-reads the maps instead of trusting its mirror, repairing
+/// entries edited behind its back (the run loop's periodic resync interval).
+const L4_REREAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Dataplane {
     /// Loads `object` with every contract map pinned under `paths` (reusing maps an earlier
@@ -145,10 +167,18 @@ impl Dataplane {
                 name: programs::XDP_UPLINK,
                 source,
             })?;
+        let l4 = tc::load(&mut ebpf)?;
+        if !l4 {
+            tracing::warn!("the BPF object has no L4 programs: VIP traffic is not steered");
+        }
         Ok(Self {
             ebpf,
             paths,
             attached: Vec::new(),
+            l4,
+            reply_links: BTreeSet::new(),
+            writer: None,
+            l4_read_at: std::time::Instant::now(),
         })
     }
 
@@ -177,6 +207,12 @@ impl Dataplane {
             Some(mode) => mode,
             None => attach_new(program, interface, &link_path)?,
         };
+        if self.l4 {
+            // Before the interface answers: XDP may steer as soon as services are written,
+            // and steered frames need the delivery program behind it.
+            let how = tc::attach_deliver(&mut self.ebpf, &self.paths, interface)?;
+            tracing::info!(interface, how = ?how, "TC delivery program attached");
+        }
         let mut ifaces = self.ifaces_map()?;
         ifaces
             .insert(info.ifindex, Iface::new(info.mac), 0)
@@ -247,7 +283,7 @@ impl Dataplane {
         if let Ok(entries) = std::fs::read_dir(self.paths.links_dir()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(interface) = name.strip_prefix("xdp_")
+                if let Some(interface) = name.strip_prefix(super::paths::XDP_PREFIX)
                     && !keep.contains(interface)
                 {
                     tracing::info!(
@@ -258,6 +294,7 @@ impl Dataplane {
                 }
             }
         }
+        tc::forget_deliver_except(&self.paths, &keep)?;
         let keep: BTreeSet<u32> = self.attached.iter().map(|a| a.ifindex).collect();
         let mut ifaces = self.ifaces_map()?;
         let stale: Vec<u32> = ifaces
@@ -269,6 +306,61 @@ impl Dataplane {
             let _ = ifaces.remove(&ifindex);
         }
         Ok(())
+    }
+
+    /// Whether the object has the L4 programs (and the agent steers VIP traffic).
+    pub fn has_l4(&self) -> bool {
+        self.l4
+    }
+
+    /// Starts the L4 writer from what the pinned maps hold (ids survive the restart), with
+    /// `maglev_size` as the table floor. A no-op without the L4 programs.
+    pub fn enable_l4(&mut self, maglev_size: u32) -> Result<(), LoaderError> {
+        if self.l4 {
+            let writer = L4Writer::recover(&mut self.ebpf, maglev_size)?;
+            tracing::info!(
+                services = writer.mirror().services.len(),
+                backends = writer.mirror().backends.len(),
+                "L4 state recovered from the pinned maps"
+            );
+            self.writer = Some(writer);
+        }
+        Ok(())
+    }
+
+    /// Writes the L4 delta for `desired` (`None` when L4 is not enabled). The reply program
+    /// goes onto new backend devices before the backends are written, so the first reply of
+    /// the first flow is already reverse-NATed; devices no backend uses lose it afterwards.
+    pub fn apply_l4(
+        &mut self,
+        desired: &std::collections::BTreeMap<Frontend, DesiredService>,
+    ) -> Result<Option<L4Delta>, LoaderError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(None);
+        };
+        if self.l4_read_at.elapsed() >= L4_REREAD {
+            writer.resync(&mut self.ebpf)?;
+            self.l4_read_at = std::time::Instant::now();
+        }
+        let plan = writer.plan(desired)?;
+        let mut before: BTreeSet<u32> = writer.devices();
+        before.extend(plan.devices.iter().copied());
+        let reply = tc::sync_reply(&mut self.ebpf, &self.paths, &before, &mut self.reply_links)?;
+        for ifindex in &reply.attached {
+            tracing::info!(ifindex, "reply program attached");
+        }
+        let delta = writer.execute(&mut self.ebpf, plan)?;
+        let after = writer.devices();
+        let reply = tc::sync_reply(&mut self.ebpf, &self.paths, &after, &mut self.reply_links)?;
+        for ifindex in &reply.detached {
+            tracing::info!(ifindex, "reply program detached");
+        }
+        Ok(Some(delta))
+    }
+
+    /// The steered services as last written (empty without L4).
+    pub fn l4_view(&self) -> Vec<ServiceView> {
+        self.writer.as_ref().map(L4Writer::view).unwrap_or_default()
     }
 
     pub fn attachments(&self) -> &[Attachment] {

@@ -3,10 +3,14 @@
 pub mod heartbeat;
 pub mod iface;
 pub mod l2;
+pub mod l4;
 pub mod loader;
 pub mod logs;
+pub mod maglev;
 pub mod paths;
+pub mod route;
 pub mod status;
+pub mod tc;
 
 /// The BPF object built by `build.rs` from `ebpf/programs`, embedded in the agent binary.
 pub fn bpf_object() -> &'static [u8] {

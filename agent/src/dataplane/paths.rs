@@ -3,7 +3,12 @@
 //! Layout under `--bpffs-dir` (default /sys/fs/bpf/vipwire):
 //! - `<map name>`: each contract map (`vipwire_*_v<N>`), reused by the next agent;
 //! - `links/xdp_<ifname>`: the XDP link of each interface, so the program stays attached
-//!   while the agent restarts.
+//!   while the agent restarts;
+//! - `links/tc_deliver_<ifname>`: the TCX ingress link of the delivery program on each
+//!   interface;
+//! - `links/tc_reply_if<ifindex>`: the TCX ingress link of the reply program on the host side
+//!   of each local backend's device (named by index: pod veth names are reused, indexes are
+//!   not, and a pod's veth may be renamed).
 
 use std::{
     io,
@@ -12,6 +17,11 @@ use std::{
 
 /// Where pinned objects live unless `--bpffs-dir` says otherwise.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/vipwire";
+
+/// File name prefixes under `links/` (see the module docs).
+pub const XDP_PREFIX: &str = "xdp_";
+pub const TC_DELIVER_PREFIX: &str = "tc_deliver_";
+pub const TC_REPLY_PREFIX: &str = "tc_reply_if";
 
 /// `statfs(2)` magic of the BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -39,7 +49,16 @@ impl PinPaths {
     }
 
     pub fn xdp_link(&self, ifname: &str) -> PathBuf {
-        self.links_dir().join(format!("xdp_{ifname}"))
+        self.links_dir().join(format!("{XDP_PREFIX}{ifname}"))
+    }
+
+    pub fn tc_deliver_link(&self, ifname: &str) -> PathBuf {
+        self.links_dir()
+            .join(format!("{TC_DELIVER_PREFIX}{ifname}"))
+    }
+
+    pub fn tc_reply_link(&self, ifindex: u32) -> PathBuf {
+        self.links_dir().join(format!("{TC_REPLY_PREFIX}{ifindex}"))
     }
 
     /// Makes sure the directory exists on a bpffs: when no ancestor is one, mounts a bpffs on
@@ -90,6 +109,14 @@ mod tests {
         assert_eq!(
             paths.xdp_link("eth0"),
             Path::new("/sys/fs/bpf/vipwire/links/xdp_eth0")
+        );
+        assert_eq!(
+            paths.tc_deliver_link("eth0"),
+            Path::new("/sys/fs/bpf/vipwire/links/tc_deliver_eth0")
+        );
+        assert_eq!(
+            paths.tc_reply_link(17),
+            Path::new("/sys/fs/bpf/vipwire/links/tc_reply_if17")
         );
     }
 }

@@ -7,7 +7,11 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashM
 use serde::Serialize;
 use vipwire_common::{Control, Iface, L2Vip4Key, L2Vip6Key, L2VipStats, Reason, maps};
 
-use super::{heartbeat, iface, paths::PinPaths};
+use super::{
+    heartbeat, iface,
+    l4::status::{self as l4_status, ServiceStatus},
+    paths::PinPaths,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -33,6 +37,8 @@ pub struct DataplaneStatus {
     pub heartbeat: HeartbeatStatus,
     pub interfaces: Vec<InterfaceStatus>,
     pub counters: BTreeMap<&'static str, u64>,
+    /// Steered frontends (L4), sorted by frontend.
+    pub services: Vec<ServiceStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,6 +181,7 @@ pub fn read(paths: &PinPaths) -> Result<DataplaneStatus, StatusError> {
         heartbeat,
         interfaces,
         counters,
+        services: l4_status::read(paths)?,
     })
 }
 
@@ -213,11 +220,13 @@ impl DataplaneStatus {
         for (name, value) in &self.counters {
             out.push_str(&format!("  {name:<20} {value}\n"));
         }
+        out.push_str(&services_text(&self.services));
         out
     }
 }
 
-fn open(paths: &PinPaths, name: &'static str) -> Result<Map, StatusError> {
+/// Opens the pinned map `name` (for the L4 status reader too).
+pub(crate) fn open(paths: &PinPaths, name: &'static str) -> Result<Map, StatusError> {
     let path = paths.map(name);
     let open_error = |source| StatusError::Open {
         path: path.display().to_string(),
@@ -232,4 +241,29 @@ fn format_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The text form of the steered services (shared by the agent's and the pinned-maps status).
+pub fn services_text(services: &[ServiceStatus]) -> String {
+    let mut out = String::new();
+    if services.is_empty() {
+        return out;
+    }
+    out.push_str("steered services:\n");
+    for s in services {
+        let c = s.counters.unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<32} id {:<5} maglev {:<5} packets {} new_flows {} replies {} denied {} no_backend {}\n",
+            s.frontend, s.service_id, s.maglev_size, c.packets, c.new_flows, c.replies,
+            c.source_denied, c.no_backend
+        ));
+        for b in &s.backends {
+            let addr = std::net::SocketAddr::new(b.address, b.port);
+            out.push_str(&format!(
+                "    {addr:<40} id {:<6} {:<8} ifindex {} ({})\n",
+                b.id, b.state, b.ifindex, b.delivery
+            ));
+        }
+    }
+    out
 }

@@ -283,7 +283,8 @@ fn fib_params(src: &[u8; 16], dst: &[u8; 16], ctx: &TcContext) -> FibLookup {
         fib.__bindgen_anon_3.ipv6_src = words(src);
         fib.__bindgen_anon_4.ipv6_dst = words(dst);
     }
-    fib.__bindgen_anon_1.tot_len = ctx.len() as u16;
+    // tot_len stays 0: the helper then checks the skb against the egress MTU itself, which
+    // is right for GRO/GSO packets (a length here would be compared with the MTU as is).
     fib
 }
 

@@ -1,0 +1,291 @@
+//! The IO half of the L4 writer: reading the pinned maps back into a [`Mirror`], and issuing
+//! one [`Op`] against the maps.
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
+    util::nr_cpus,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use vipwire_common::{
+    l4::{
+        BackendValue, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK_SLOTS, MaglevChunk,
+        MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter,
+    },
+    maps,
+};
+
+use super::{
+    L4Error, Mirror, Op,
+    plan::{addr16, from_addr16},
+};
+use crate::model::{Frontend, Protocol};
+
+/// The L4 maps of a loaded object, opened once per apply.
+pub(super) struct Maps<'a> {
+    services: HashMap<&'a mut MapData, ServiceKey, ServiceValue>,
+    maglev: HashMap<&'a mut MapData, MaglevKey, MaglevChunk>,
+    backends: HashMap<&'a mut MapData, u32, BackendValue>,
+    ranges: LpmTrie<&'a mut MapData, SourceRange, u8>,
+    stats: PerCpuArray<&'a mut MapData, ServiceStats>,
+    filter: Array<&'a mut MapData, VipFilter>,
+}
+
+impl<'a> Maps<'a> {
+    pub(super) fn open(ebpf: &'a mut Ebpf) -> Result<Self, L4Error> {
+        let mut services = None;
+        let mut maglev = None;
+        let mut backends = None;
+        let mut ranges = None;
+        let mut stats = None;
+        let mut filter = None;
+        // One pass over the object's maps: several of them are borrowed mutably at once.
+        for (name, map) in ebpf.maps_mut() {
+            match name {
+                maps::SERVICES => services = Some(map),
+                maps::MAGLEV => maglev = Some(map),
+                maps::BACKENDS => backends = Some(map),
+                maps::SOURCE_RANGES => ranges = Some(map),
+                maps::SERVICE_STATS => stats = Some(map),
+                maps::VIP_FILTER => filter = Some(map),
+                _ => {}
+            }
+        }
+        let need = |map: Option<_>, name| map.ok_or(L4Error::MissingMap(name));
+        Ok(Self {
+            services: HashMap::try_from(need(services, maps::SERVICES)?)
+                .map_err(|e| map_error(maps::SERVICES, e))?,
+            maglev: HashMap::try_from(need(maglev, maps::MAGLEV)?)
+                .map_err(|e| map_error(maps::MAGLEV, e))?,
+            backends: HashMap::try_from(need(backends, maps::BACKENDS)?)
+                .map_err(|e| map_error(maps::BACKENDS, e))?,
+            ranges: LpmTrie::try_from(need(ranges, maps::SOURCE_RANGES)?)
+                .map_err(|e| map_error(maps::SOURCE_RANGES, e))?,
+            stats: PerCpuArray::try_from(need(stats, maps::SERVICE_STATS)?)
+                .map_err(|e| map_error(maps::SERVICE_STATS, e))?,
+            filter: Array::try_from(need(filter, maps::VIP_FILTER)?)
+                .map_err(|e| map_error(maps::VIP_FILTER, e))?,
+        })
+    }
+
+    pub(super) fn apply(&mut self, op: &Op) -> Result<(), L4Error> {
+        match op {
+            Op::PutBackend { id, value } => self
+                .backends
+                .insert(id, value, 0)
+                .map_err(|e| map_error(maps::BACKENDS, e)),
+            Op::PutChunk {
+                service_id,
+                chunk,
+                slots,
+            } => {
+                let mut value = MaglevChunk {
+                    backend_ids: [0; MAGLEV_CHUNK_SLOTS as usize],
+                };
+                for (dst, src) in value.backend_ids.iter_mut().zip(slots) {
+                    *dst = *src;
+                }
+                self.maglev
+                    .insert(maglev_key(*service_id, *chunk), value, 0)
+                    .map_err(|e| map_error(maps::MAGLEV, e))
+            }
+            Op::PutRange { service_id, range } => self
+                .ranges
+                .insert(&range_key(*service_id, *range), 1, 0)
+                .map_err(|e| map_error(maps::SOURCE_RANGES, e)),
+            Op::ZeroStats { service_id } => {
+                let cpus = nr_cpus().map_err(|(_, source)| L4Error::Cpus(source))?;
+                let zeroed = PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
+                    .map_err(|e| L4Error::Cpus(std::io::Error::other(e)))?;
+                self.stats
+                    .set(*service_id, zeroed, 0)
+                    .map_err(|e| map_error(maps::SERVICE_STATS, e))
+            }
+            Op::PutService { frontend, value } => self
+                .services
+                .insert(service_key(frontend), value, 0)
+                .map_err(|e| map_error(maps::SERVICES, e)),
+            Op::DelService { frontend } => {
+                ignore_missing(self.services.remove(&service_key(frontend)))
+                    .map_err(|e| map_error(maps::SERVICES, e))
+            }
+            Op::DelChunk { service_id, chunk } => {
+                ignore_missing(self.maglev.remove(&maglev_key(*service_id, *chunk)))
+                    .map_err(|e| map_error(maps::MAGLEV, e))
+            }
+            Op::DelRange { service_id, range } => {
+                ignore_missing(self.ranges.remove(&range_key(*service_id, *range)))
+                    .map_err(|e| map_error(maps::SOURCE_RANGES, e))
+            }
+            Op::DelBackend { id } => {
+                ignore_missing(self.backends.remove(id)).map_err(|e| map_error(maps::BACKENDS, e))
+            }
+            Op::PutFilter { bits } => {
+                let mut value = VipFilter::EMPTY;
+                for &bit in bits {
+                    if let Some(word) = value.words.get_mut((bit / 64) as usize) {
+                        *word |= 1 << (bit % 64);
+                    }
+                }
+                self.filter
+                    .set(0, value, 0)
+                    .map_err(|e| map_error(maps::VIP_FILTER, e))
+            }
+        }
+    }
+}
+
+/// Reads the L4 maps back. Entries this agent could not have written (unknown protocol) are
+/// skipped: they are left alone rather than guessed at.
+pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
+    let maps = Maps::open(ebpf)?;
+    let mut mirror = Mirror::default();
+    for item in maps.services.iter() {
+        let (key, value) = item.map_err(|e| map_error(maps::SERVICES, e))?;
+        if let Some(frontend) = frontend_of(&key) {
+            mirror.services.insert(frontend, value);
+        }
+    }
+    for item in maps.maglev.iter() {
+        let (key, value) = item.map_err(|e| map_error(maps::MAGLEV, e))?;
+        mirror
+            .chunks
+            .insert((key.service_id, key.chunk), value.backend_ids.to_vec());
+    }
+    for item in maps.backends.iter() {
+        let (id, value) = item.map_err(|e| map_error(maps::BACKENDS, e))?;
+        mirror.backends.insert(id, value);
+    }
+    let filter = maps
+        .filter
+        .get(&0, 0)
+        .map_err(|e| map_error(maps::VIP_FILTER, e))?;
+    for (i, word) in filter.words.iter().enumerate() {
+        for bit in 0..64 {
+            if word & (1 << bit) != 0 {
+                mirror.filter.insert(i as u32 * 64 + bit);
+            }
+        }
+    }
+    for key in maps.ranges.keys() {
+        let key = key.map_err(|e| map_error(maps::SOURCE_RANGES, e))?;
+        if let Some(range) = range_of(&key) {
+            mirror.ranges.insert(range);
+        }
+    }
+    Ok(mirror)
+}
+
+pub(super) fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        addr_be: addr16(frontend.vip),
+        port_be: frontend.port.to_be_bytes(),
+        proto: frontend.protocol.ip_protocol(),
+        _pad: 0,
+    }
+}
+
+pub(super) fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+    let protocol = match key.proto {
+        IPPROTO_TCP => Protocol::Tcp,
+        IPPROTO_UDP => Protocol::Udp,
+        IPPROTO_SCTP => Protocol::Sctp,
+        _ => return None,
+    };
+    Some(Frontend {
+        vip: from_addr16(key.addr_be),
+        port: u16::from_be_bytes(key.port_be),
+        protocol,
+    })
+}
+
+fn maglev_key(service_id: u32, chunk: u32) -> MaglevKey {
+    MaglevKey { service_id, chunk }
+}
+
+/// The trie matches the service id's 32 bits, then the address; IPv4 ranges are IPv4-mapped,
+/// so a /n covers 96 + n address bits.
+fn range_key(service_id: u32, range: IpNet) -> Key<SourceRange> {
+    let (addr, bits) = match range {
+        IpNet::V4(net) => (IpAddr::V4(net.network()), 96 + u32::from(net.prefix_len())),
+        IpNet::V6(net) => (IpAddr::V6(net.network()), u32::from(net.prefix_len())),
+    };
+    Key::new(
+        32 + bits,
+        SourceRange {
+            service_id_be: service_id.to_be_bytes(),
+            addr_be: addr16(addr),
+        },
+    )
+}
+
+fn range_of(key: &Key<SourceRange>) -> Option<(u32, IpNet)> {
+    let data = key.data();
+    let bits = key.prefix_len().checked_sub(32)?;
+    let range = match from_addr16(data.addr_be) {
+        IpAddr::V4(v4) if bits >= 96 => IpNet::V4(Ipv4Net::new(v4, (bits - 96) as u8).ok()?),
+        addr => IpNet::V6(Ipv6Net::new(to_v6(addr), u8::try_from(bits).ok()?).ok()?),
+    };
+    Some((u32::from_be_bytes(data.service_id_be), range))
+}
+
+fn to_v6(addr: IpAddr) -> std::net::Ipv6Addr {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// A delete of an entry that is already gone reached the goal.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn map_error(name: &'static str, source: MapError) -> L4Error {
+    L4Error::Map { name, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_keys_round_trip() {
+        for text in [
+            "10.0.0.0/8",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "fd00::/64",
+            "::/0",
+        ] {
+            let range: IpNet = text.parse().unwrap();
+            assert_eq!(range_of(&range_key(42, range)), Some((42, range)), "{text}");
+        }
+        assert_eq!(
+            range_key(1, "10.0.0.0/8".parse().unwrap()).prefix_len(),
+            32 + 104
+        );
+    }
+
+    #[test]
+    fn service_keys_round_trip() {
+        let frontend = Frontend {
+            vip: "192.0.2.10".parse().unwrap(),
+            port: 443,
+            protocol: Protocol::Sctp,
+        };
+        assert_eq!(frontend_of(&service_key(&frontend)), Some(frontend));
+        let key = service_key(&frontend);
+        assert_eq!(key.addr_be[10..], [0xff, 0xff, 192, 0, 2, 10]);
+        assert_eq!(key.port_be, [1, 187]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The L4 writer: turns the model's services (`Desired::services`) into the L4 maps of
+//! `vipwire_common::l4`, writing only what changed.
+//!
+//! - Ids: a service id per frontend (`1..SERVICE_IDS`), a backend id per (pod address, target
+//!   port), both monotonic with wrap ([`ids`]) and read back from the pinned maps on start
+//!   ([`L4Writer::recover`]), so flows in conntrack keep pointing at the same pods.
+//! - Delta: the writer keeps a mirror of what it wrote ([`plan::Mirror`]) and the last desired
+//!   state; an apply replans only frontends whose desired state changed and emits only the map
+//!   operations whose entries differ from the mirror ([`plan`]).
+//! - Order: backends before the Maglev chunks that name them, chunks before the service that
+//!   points at them; removal the other way round. The kernel never follows a dangling id.
+//! - Conntrack, affinity and fragment maps are never touched: established flows survive.
+
+pub mod ids;
+mod kernel;
+pub mod plan;
+pub mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use aya::{Ebpf, maps::MapError};
+
+pub use self::plan::{Mirror, Op, Plan};
+use super::route::{self, Delivery};
+use crate::model::{DesiredService, Frontend};
+
+#[derive(Debug, thiserror::Error)]
+pub enum L4Error {
+    #[error("map {0} missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("counting CPUs")]
+    Cpus(#[source] std::io::Error),
+    #[error("no free {kind} id left")]
+    IdsExhausted { kind: &'static str },
+}
+
+/// What one apply did, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct L4Delta {
+    pub added: Vec<Frontend>,
+    pub removed: Vec<Frontend>,
+    /// Map writes and deletes issued.
+    pub ops: usize,
+}
+
+/// One steered service as the writer last wrote it (for `/status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    pub frontend: Frontend,
+    pub service_id: u32,
+    pub maglev_size: u32,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendView {
+    pub addr: SocketAddr,
+    pub id: u32,
+    pub active: bool,
+    pub ifindex: u32,
+    pub veth: bool,
+}
+
+pub struct L4Writer {
+    planner: plan::Planner,
+}
+
+impl L4Writer {
+    /// A writer that starts from what the pinned maps in `ebpf` hold (an earlier agent's
+    /// state, or nothing), with `maglev_size` (one of `l4::MAGLEV_SIZES`) as the table floor.
+    pub fn recover(ebpf: &mut Ebpf, maglev_size: u32) -> Result<Self, L4Error> {
+        let mirror = kernel::read(ebpf)?;
+        Ok(Self {
+            planner: plan::Planner::new(maglev_size, mirror),
+        })
+    }
+
+    /// Plans the operations that make the maps match `desired`. Route lookups for new or
+    /// changed backends happen here, so the caller can attach the reply program to every
+    /// device [`Plan::devices`] names before the backends become reachable.
+    pub fn plan(&mut self, desired: &BTreeMap<Frontend, DesiredService>) -> Result<Plan, L4Error> {
+        self.plan_with(desired, &mut |addr| match route::lookup(addr) {
+            Ok(delivery) => delivery,
+            Err(err) => {
+                tracing::warn!(%addr, error = %err, "route lookup failed; delivery by FIB lookup");
+                Delivery::default()
+            }
+        })
+    }
+
+    /// [`L4Writer::plan`] with another route lookup (tests).
+    pub fn plan_with(
+        &mut self,
+        desired: &BTreeMap<Frontend, DesiredService>,
+        resolve: &mut dyn FnMut(IpAddr) -> Delivery,
+    ) -> Result<Plan, L4Error> {
+        let plan = self.planner.plan(desired, resolve);
+        if plan.is_err() {
+            // Ids handed out to a plan that will not run go back.
+            self.planner.abort();
+        }
+        plan
+    }
+
+    /// Issues the plan's operations in order. On error the mirror still matches the kernel
+    /// (it follows every successful operation), and the next apply replans what is missing.
+    pub fn execute(&mut self, ebpf: &mut Ebpf, plan: Plan) -> Result<L4Delta, L4Error> {
+        let ops = plan.ops.len();
+        let mut maps = kernel::Maps::open(ebpf)?;
+        for op in &plan.ops {
+            if let Err(err) = maps.apply(op) {
+                self.planner.abort();
+                return Err(err);
+            }
+            self.planner.mirror_mut().record(op);
+        }
+        self.planner.commit(plan.desired);
+        Ok(L4Delta {
+            added: plan.added,
+            removed: plan.removed,
+            ops,
+        })
+    }
+
+    /// Plans and executes in one step (no reply-program attachment in between).
+    pub fn apply(
+        &mut self,
+        ebpf: &mut Ebpf,
+        desired: &BTreeMap<Frontend, DesiredService>,
+    ) -> Result<L4Delta, L4Error> {
+        let plan = self.plan(desired)?;
+        self.execute(ebpf, plan)
+    }
+
+    /// Re-reads the maps and diffs everything against them on the next apply, so entries
+    /// changed or deleted behind the agent's back are repaired.
+    pub fn resync(&mut self, ebpf: &mut Ebpf) -> Result<(), L4Error> {
+        let mirror = kernel::read(ebpf)?;
+        self.planner.reload(mirror);
+        Ok(())
+    }
+
+    /// Host-side devices the written backends are delivered through (the reply program's
+    /// attach points).
+    pub fn devices(&self) -> BTreeSet<u32> {
+        self.planner.mirror().devices()
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        self.planner.mirror()
+    }
+
+    /// The steered services as written.
+    pub fn view(&self) -> Vec<ServiceView> {
+        self.planner.view()
+    }
+}
