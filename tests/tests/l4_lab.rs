@@ -344,6 +344,17 @@ fn endpoint_changes_keep_established_flows_and_spread_new_ones() {
 
     // 600 new connections spread evenly (±20 %) over the 3 endpoints now ready.
     let pods = new_flows(&running, 600);
+    let removed_broken = fleet
+        .conns
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| c.pod.as_deref() == Some("pod-0") && failures.contains_key(i))
+        .count();
+    println!(
+        "{} connections to surviving endpoints kept through the changes ({removed_broken} to \
+         the removed one broke); 600 new: {pods:?}",
+        surviving.len()
+    );
     assert_eq!(
         pods.keys().map(String::as_str).collect::<Vec<_>>(),
         ["pod-1", "pod-2", "pod-3"],
