@@ -182,6 +182,7 @@ impl L4Lab {
             ipv4: pod_ip(i),
             ipv6: pod_ip6(i),
             ready: true,
+            terminating: false,
         });
         self.pods.push(Pod {
             index: i,

@@ -368,3 +368,47 @@ fn endpoint_changes_keep_established_flows_and_spread_new_ones() {
     }
     running.agent.assert_running();
 }
+
+/// A terminating endpoint that still serves (a pod being deleted) keeps its established flows
+/// (DESIGN.md, ownership rules) while new flows avoid it.
+#[test]
+fn a_terminating_endpoint_keeps_its_established_flows() {
+    let mut running = Running::start(&Options::default());
+    let to = l4lab::vip(TCP, false);
+    let mut fleet = Fleet::open(&running.lab.client, to, 60, REQUEST_TIMEOUT);
+    let mut failures = BTreeMap::new();
+    ping_rounds(
+        &running,
+        &mut fleet,
+        &mut failures,
+        Duration::from_millis(300),
+        |_| true,
+    );
+    let on_pod0 = fleet
+        .conns
+        .iter()
+        .filter(|c| c.pod.as_deref() == Some("pod-0"))
+        .count();
+    assert!(on_pod0 > 0, "none of 60 connections went to pod-0");
+
+    running.lab.manifests.terminate("pod-0");
+    running.lab.manifests.write();
+    ping_rounds(
+        &running,
+        &mut fleet,
+        &mut failures,
+        Duration::from_secs(1),
+        |r| !new_flows(r, 30).contains_key("pod-0"),
+    );
+    ping_rounds(
+        &running,
+        &mut fleet,
+        &mut failures,
+        Duration::from_secs(1),
+        |_| true,
+    );
+    assert!(
+        failures.is_empty(),
+        "connections broke while pod-0 ({on_pod0} of them) was terminating: {failures:?}"
+    );
+}

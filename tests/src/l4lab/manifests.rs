@@ -21,6 +21,8 @@ pub struct Endpoint {
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
     pub ready: bool,
+    /// Terminating but still serving (a pod being deleted): not ready, serving, terminating.
+    pub terminating: bool,
 }
 
 /// The manifests directory and the endpoints it lists.
@@ -46,6 +48,16 @@ impl Manifests {
     /// Adds or replaces an endpoint (by pod name); call [`Self::write`] to publish.
     pub fn set(&mut self, endpoint: Endpoint) {
         self.endpoints.insert(endpoint.name.clone(), endpoint);
+    }
+
+    /// Marks an endpoint terminating (still serving); call [`Self::write`] to publish.
+    pub fn terminate(&mut self, name: &str) {
+        let endpoint = self
+            .endpoints
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no endpoint {name} in the manifests"));
+        endpoint.ready = false;
+        endpoint.terminating = true;
     }
 
     /// Removes an endpoint (by pod name); call [`Self::write`] to publish.
@@ -121,8 +133,11 @@ pub fn service(endpoints: &[&Endpoint]) -> String {
             };
             let _ = write!(
                 out,
-                "- addresses: [\"{address}\"]\n  nodeName: {NODE_NAME}\n  targetRef:\n    kind: Pod\n    name: {}\n    namespace: default\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: false\n",
-                endpoint.name, endpoint.ready, endpoint.ready
+                "- addresses: [\"{address}\"]\n  nodeName: {NODE_NAME}\n  targetRef:\n    kind: Pod\n    name: {}\n    namespace: default\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n",
+                endpoint.name,
+                endpoint.ready,
+                endpoint.ready || endpoint.terminating,
+                endpoint.terminating
             );
         }
     }
@@ -140,6 +155,7 @@ mod tests {
             ipv4: Ipv4Addr::new(10, 244, 0, 10),
             ipv6: "fd00:244::10".parse().unwrap(),
             ready: true,
+            terminating: false,
         };
         let text = format!("{}---\n{}", node(NODE_NAME), service(&[&a]));
         let loaded = vipwire::source::manifests::load_str(Path::new("web.yaml"), &text)
