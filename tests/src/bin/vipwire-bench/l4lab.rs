@@ -9,8 +9,12 @@
 //! connection. While the agent runs, up0 carries its XDP program (veth NAPI delivery); the kernel
 //! arms get a pass-all XDP program on up0 so both see the same veth delivery mode.
 //!
-//! The generator caps what a veth lab can show (TOOLCHAIN.md): the offered rate (up0 rx) and the
-//! CPU time per delivered packet (softirq, and all busy time) are reported next to the rates.
+//! The generator caps what a veth lab can show (TOOLCHAIN.md): trafgen and the whole receive
+//! path share the sending CPU (veth NAPI runs in the sender's softirq, and so do XDP, TC,
+//! netfilter and the pod's UDP input), so each arm's rate is 1 / (generator + path) per packet.
+//! A ceiling arm floods a MAC nobody has (dropped right after NAPI) to measure the generator's
+//! share; reported beside the rates: the offered rate (up0 rx), softirq CPU per packet, the
+//! best ratio the ceiling allows, and the path cost (1/rate - 1/ceiling) per arm.
 
 use std::{
     fmt::Write as _,
@@ -127,6 +131,32 @@ pub fn measure(report: &mut Report) {
             ceiling.offered / arm.delivered.max(1.0),
             "x",
         ));
+    }
+    // Every arm runs trafgen and the whole receive path (veth NAPI, XDP/TC or netfilter and
+    // routing, the pod's UDP input) on the sender's CPU, saturated: 1/rate is the CPU time per
+    // packet, and subtracting the ceiling's leaves what the data path itself costs.
+    let path_ns = |arm: &Arm| 1e9 / arm.delivered.max(1.0) - 1e9 / ceiling.offered.max(1.0);
+    let (own, ipt, nft) = (path_ns(&vipwire), path_ns(&iptables), path_ns(&nftables));
+    report.push(Measurement::new(
+        "l4 udp flow: path cost, iptables",
+        ipt,
+        "ns/pkt",
+    ));
+    report.push(Measurement::new(
+        "l4 udp flow: path cost, nftables",
+        nft,
+        "ns/pkt",
+    ));
+    for (name, base) in [("iptables", ipt), ("nftables", nft)] {
+        report.push(
+            Measurement::new(
+                format!("l4 udp flow: path cost, vipwire (vs {name})"),
+                own,
+                "ns/pkt",
+            )
+            .against(format!("{name} path cost"), base)
+            .target(Target::RatioAtMost(0.5)),
+        );
     }
     println!(
         "l4 udp flow: generator ceiling {:.0} frames/s (softirq {:.0} ns/frame): no arm can beat \
