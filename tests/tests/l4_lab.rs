@@ -265,9 +265,13 @@ fn ping_rounds(
     }
 }
 
-/// Pods of `n` new connections (each its own source port).
+/// Pods of `n` new IPv4 connections (each its own source port).
 fn new_flows(running: &Running, n: usize) -> BTreeMap<String, usize> {
-    let to = l4lab::vip(TCP, false);
+    new_flows_to(running, n, false)
+}
+
+fn new_flows_to(running: &Running, n: usize, v6: bool) -> BTreeMap<String, usize> {
+    let to = l4lab::vip(TCP, v6);
     let mut pods = BTreeMap::new();
     for reply in client::tcp_requests(&running.lab.client, to, n, REQUEST_TIMEOUT) {
         let reply = reply.unwrap_or_else(|e| running.fail(&format!("new connection: {e}")));
@@ -279,8 +283,20 @@ fn new_flows(running: &Running, n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn endpoint_changes_keep_established_flows_and_spread_new_ones() {
+    endpoint_changes(false);
+}
+
+#[test]
+fn endpoint_changes_keep_established_flows_and_spread_new_ones_over_ipv6() {
+    endpoint_changes(true);
+}
+
+fn endpoint_changes(v6: bool) {
     let mut running = Running::start(&Options::default());
-    let to = l4lab::vip(TCP, false);
+    if v6 {
+        running.wait_serving(true);
+    }
+    let to = l4lab::vip(TCP, v6);
     let mut fleet = Fleet::open(&running.lab.client, to, 100, REQUEST_TIMEOUT);
     let mut failures = BTreeMap::new();
     ping_rounds(
@@ -300,7 +316,7 @@ fn endpoint_changes_keep_established_flows_and_spread_new_ones() {
         &mut fleet,
         &mut failures,
         Duration::from_secs(1),
-        |r| new_flows(r, 20).contains_key("pod-3"),
+        |r| new_flows_to(r, 20, v6).contains_key("pod-3"),
     );
     // The first endpoint goes (its pod keeps running, as a terminating one does).
     running.lab.manifests.remove("pod-0");
@@ -310,7 +326,7 @@ fn endpoint_changes_keep_established_flows_and_spread_new_ones() {
         &mut fleet,
         &mut failures,
         Duration::from_secs(1),
-        |r| !new_flows(r, 30).contains_key("pod-0"),
+        |r| !new_flows_to(r, 30, v6).contains_key("pod-0"),
     );
     ping_rounds(
         &running,
@@ -343,7 +359,7 @@ fn endpoint_changes_keep_established_flows_and_spread_new_ones() {
     );
 
     // 600 new connections spread evenly (±20 %) over the 3 endpoints now ready.
-    let pods = new_flows(&running, 600);
+    let pods = new_flows_to(&running, 600, v6);
     let removed_broken = fleet
         .conns
         .iter()
@@ -411,4 +427,55 @@ fn a_terminating_endpoint_keeps_its_established_flows() {
         failures.is_empty(),
         "connections broke while pod-0 ({on_pod0} of them) was terminating: {failures:?}"
     );
+}
+
+/// The kernel keeps steering from the pinned maps and links while the agent is gone
+/// (DESIGN.md, data flow): established flows survive a SIGKILL and a restart, and new flows
+/// are served in between.
+#[test]
+fn flows_survive_an_agent_sigkill_and_restart() {
+    let mut running = Running::start(&Options::default());
+    let to = l4lab::vip(TCP, false);
+    let mut fleet = Fleet::open(&running.lab.client, to, 50, REQUEST_TIMEOUT);
+    let mut failures = BTreeMap::new();
+    ping_rounds(
+        &running,
+        &mut fleet,
+        &mut failures,
+        Duration::from_millis(300),
+        |_| true,
+    );
+
+    running.agent.signal(libc::SIGKILL);
+    running.agent.stop(Duration::from_secs(2));
+    let mut dead = BTreeMap::new();
+    ping_rounds(
+        &running,
+        &mut fleet,
+        &mut dead,
+        Duration::from_secs(1),
+        |_| true,
+    );
+    let new_while_dead = client::tcp_requests(&running.lab.client, to, 20, REQUEST_TIMEOUT);
+    let first_log = running.agent.log_tail();
+    running.agent = running.lab.start_agent("agent2.log");
+    ping_rounds(
+        &running,
+        &mut fleet,
+        &mut failures,
+        Duration::from_secs(2),
+        |_| true,
+    );
+    assert!(
+        dead.is_empty(),
+        "established flows broke while the agent was dead: {dead:?}\nfirst agent's log:\n{first_log}"
+    );
+    for reply in new_while_dead {
+        let reply = reply.unwrap_or_else(|e| panic!("a new flow while the agent was dead: {e}"));
+        assert_direct(&reply, to);
+    }
+    if !failures.is_empty() {
+        running.fail(&format!("flows broke across the restart: {failures:?}"));
+    }
+    running.agent.assert_running();
 }
