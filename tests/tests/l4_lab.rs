@@ -479,3 +479,53 @@ fn flows_survive_an_agent_sigkill_and_restart() {
     }
     running.agent.assert_running();
 }
+
+/// Large replies (the pod's TCP sends GSO segments, which the reply program must NAT and
+/// forward whole or have segmented) and large requests (GRO on the way in) over both families,
+/// and with the return route through the interface requests came in on as well.
+#[test]
+fn bulk_transfers_in_both_directions_and_a_symmetric_return_route() {
+    let mut running = Running::start(&Options::default());
+    running.wait_serving(true);
+    let bulk = |running: &Running, what: &str| {
+        for v6 in [false, true] {
+            let to = l4lab::vip(TCP, v6);
+            let mut fleet = Fleet::open(&running.lab.client, to, 1, REQUEST_TIMEOUT);
+            let conn = &mut fleet.conns[0];
+            for (down, up) in [(4 << 20, 0), (0, 1 << 20), (1 << 20, 256 << 10)] {
+                let reply = conn
+                    .bulk(down, up, Duration::from_secs(10))
+                    .unwrap_or_else(|e| {
+                        running.fail(&format!(
+                            "{what}: {down} bytes down, {up} up over {to}: {e}"
+                        ))
+                    });
+                assert_direct(&reply, to);
+            }
+        }
+    };
+    bulk(&running, "asymmetric return route");
+    // The route back to the client through up0, where the requests come in.
+    let node = &running.lab.node;
+    node.ip(&[
+        "route",
+        "replace",
+        "198.51.100.0/24",
+        "via",
+        "10.0.1.1",
+        "dev",
+        "up0",
+    ]);
+    node.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "2001:db8:200::/64",
+        "via",
+        "fd00:1::1",
+        "dev",
+        "up0",
+    ]);
+    bulk(&running, "symmetric return route");
+    running.agent.assert_running();
+}

@@ -79,6 +79,49 @@ impl TcpConn {
         self.receive(Instant::now() + timeout)
     }
 
+    /// Asks for `n` bytes (a large reply, sent as GSO segments) and returns the answer after
+    /// them; `upload` bytes of the request's own go first (a large request).
+    pub fn bulk(&mut self, n: usize, upload: usize, timeout: Duration) -> io::Result<Reply> {
+        use std::io::Read as _;
+        self.seq += 1;
+        let mut request = vec![b'u'; upload];
+        request.extend_from_slice(format!("req-{} bulk {n}\n", self.seq).as_bytes());
+        self.writer.write_all(&request)?;
+        let deadline = Instant::now() + timeout;
+        let mut left = n;
+        let mut buf = vec![0u8; 64 << 10];
+        while left > 0 {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{left} of {n} bulk bytes missing"),
+                ));
+            }
+            self.reader.get_ref().set_read_timeout(Some(remaining))?;
+            let got = self.reader.read(&mut buf[..left.min(64 << 10)])?;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if buf[..got].iter().any(|&b| b != b'x') {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "corrupted bulk bytes",
+                ));
+            }
+            left -= got;
+        }
+        // The server echoes the whole line: the upload and the request.
+        let request = format!("{}req-{} bulk {n}", "u".repeat(upload), self.seq);
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        parse(&line, &request, self.from, self.local)
+    }
+
     /// The first half of [`Self::request`], for pipelining over many connections.
     pub fn send(&mut self) -> io::Result<()> {
         self.seq += 1;

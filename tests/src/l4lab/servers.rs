@@ -18,6 +18,9 @@ use std::{
 use super::{SINK, TCP, UDP};
 use crate::{netlab::Netns, probe::in_netns};
 
+/// The largest bulk reply a request may ask for.
+pub const MAX_BULK: usize = 64 << 20;
+
 /// How often blocked server threads look at the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -149,8 +152,14 @@ fn serve_tcp(stream: TcpStream, peer: SocketAddr, pod: &str, stop: &AtomicBool) 
         match reader.read_line(&mut line) {
             Ok(0) => return,
             Ok(_) if line.ends_with('\n') => {
-                let reply = answer(pod, peer, line.trim_end()) + "\n";
-                if writer.write_all(reply.as_bytes()).is_err() {
+                let request = line.trim_end();
+                // `<id> bulk <n>`: n bytes of payload before the answer (large replies: GSO).
+                let bulk = request
+                    .split_once(" bulk ")
+                    .and_then(|(_, n)| n.parse::<usize>().ok())
+                    .map_or(Vec::new(), |n| vec![b'x'; n.min(MAX_BULK)]);
+                let reply = answer(pod, peer, request) + "\n";
+                if writer.write_all(&bulk).is_err() || writer.write_all(reply.as_bytes()).is_err() {
                     return;
                 }
                 line.clear();
