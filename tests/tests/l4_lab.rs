@@ -529,3 +529,62 @@ fn bulk_transfers_in_both_directions_and_a_symmetric_return_route() {
     bulk(&running, "symmetric return route");
     running.agent.assert_running();
 }
+
+/// Traffic to a pod's own address (not the VIP) is not vipwire's: on a node that lets the
+/// kernel forward it, it keeps working while the agent runs, and its replies keep the pod's
+/// address (the reply program rewrites only flows it tracked).
+#[test]
+fn direct_pod_traffic_is_left_alone() {
+    let mut running = Running::start(&Options {
+        rp_filter: RpFilter::Loose,
+        forward: ForwardPolicy::Accept,
+        ..Options::default()
+    });
+    running.wait_serving(true);
+    let client = &running.lab.client;
+    client.ip(&[
+        "route",
+        "add",
+        "10.244.0.0/24",
+        "via",
+        "10.0.1.2",
+        "dev",
+        "eth0",
+        "src",
+        &CLIENT_SRC.to_string(),
+    ]);
+    client.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:244::/64",
+        "via",
+        "fd00:1::2",
+        "dev",
+        "eth0",
+        "src",
+        &CLIENT_SRC6.to_string(),
+    ]);
+    for (pod, v6) in [(0, false), (1, true)] {
+        let ip: IpAddr = if v6 {
+            l4lab::pod_ip6(pod).into()
+        } else {
+            l4lab::pod_ip(pod).into()
+        };
+        let to = SocketAddr::new(ip, TCP.target);
+        let reply = client::tcp_request(client, to, REQUEST_TIMEOUT)
+            .unwrap_or_else(|e| running.fail(&format!("TCP straight to {to}: {e}")));
+        assert_eq!(reply.from, to, "{reply:?}");
+        assert_eq!(reply.pod, l4lab::pod_name(pod));
+        let socket = client::udp_socket(client, v6);
+        let to = SocketAddr::new(ip, UDP.target);
+        let reply = client::udp_request(&socket, to, REQUEST_TIMEOUT)
+            .unwrap_or_else(|e| running.fail(&format!("UDP straight to {to}: {e}")));
+        assert_eq!(reply.from, to, "{reply:?}");
+    }
+    // ... and the VIP still works beside it.
+    let to = l4lab::vip(TCP, false);
+    let reply = client::tcp_request(client, to, REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| running.fail(&format!("TCP to {to}: {e}")));
+    assert_direct(&reply, to);
+}
