@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bpf;
 pub mod fuzz;
 pub mod kube;
+pub mod l4lab;
 pub mod l4packets;
 pub mod l4tables;
 pub mod netlab;

@@ -49,6 +49,7 @@ pub fn measure() -> Report {
         .expect("XDP");
     crate::l4cost::measure(&mut report, empty);
     flood::measure(&mut report);
+    crate::l4lab::measure(&mut report);
     report
 }
 

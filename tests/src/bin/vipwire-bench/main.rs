@@ -6,6 +6,7 @@ mod bgp;
 mod dataplane;
 mod flood;
 mod l4cost;
+mod l4lab;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -1,0 +1,401 @@
+//! VIP traffic client → pod in the L4 lab (testkit::l4lab, one pod), through three data paths
+//! in one lab and one run:
+//! (a) vipwire: the agent on up0/up1, the node hostile (rp_filter=1, FORWARD DROP);
+//! (b) iptables DNAT in PREROUTING (kube-proxy's iptables mode), conntrack, kernel forwarding,
+//!     rp_filter loose and FORWARD ACCEPT, as kube-proxy needs with an asymmetric return route;
+//! (c) nftables DNAT (kube-proxy's nftables mode), otherwise as (b).
+//! For each: UDP packets/s delivered into the pod (a single flow, flooded with trafgen from the
+//! client, counted by the pod's UDP statistics) and TCP request/response latency on one
+//! connection. While the agent runs, up0 carries its XDP program (veth NAPI delivery); the kernel
+//! arms get a pass-all XDP program on up0 so both see the same veth delivery mode.
+//!
+//! The generator caps what a veth lab can show (TOOLCHAIN.md): trafgen and the whole receive
+//! path share the sending CPU (veth NAPI runs in the sender's softirq, and so do XDP, TC,
+//! netfilter and the pod's UDP input), so each arm's rate is 1 / (generator + path) per packet.
+//! A ceiling arm floods a MAC nobody has (dropped right after NAPI) to measure the generator's
+//! share; reported beside the rates: the offered rate (up0 rx), softirq CPU per packet, the
+//! best ratio the ceiling allows, and the path cost (1/rate - 1/ceiling) per arm.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use testkit::{
+    bench::{Measurement, Report, Target},
+    l4lab::{
+        self, CLIENT_SRC, ForwardPolicy, L4Lab, Options, RpFilter, SINK, TCP, VIP,
+        client::{self, TcpConn},
+        stats,
+    },
+    process::poll_until,
+    tools,
+};
+
+/// trafgen is stopped by `timeout` after this long (and by its packet count at the latest).
+const FLOOD_FOR: Duration = Duration::from_secs(5);
+const FLOOD_MAX_FRAMES: &str = "20000000";
+/// Above what the pipe carries; see flood.rs for why a rate is given at all.
+const OFFERED_RATE: &str = "1000000pps";
+const WARMUP: Duration = Duration::from_millis(1500);
+const WINDOW: Duration = Duration::from_millis(2500);
+/// Request/response: at most this many requests, for at most this long.
+const REQUESTS: usize = 5000;
+const REQUESTS_FOR: Duration = Duration::from_secs(5);
+
+/// One arm's results.
+#[derive(Debug, Default)]
+struct Arm {
+    /// UDP datagrams delivered into the pod per second.
+    delivered: f64,
+    /// Frames the node received on up0 per second (what the generator achieved).
+    offered: f64,
+    /// Machine-wide softirq CPU time per delivered packet (veth NAPI, XDP, TC, forwarding).
+    softirq_ns: f64,
+    /// Request/response latency percentiles in µs (None when the path did not answer).
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    csum_errors: u64,
+}
+
+pub fn measure(report: &mut Report) {
+    let trafgen = tools::require("trafgen");
+    let mut lab = L4Lab::new(&Options {
+        pods: 1,
+        tag: "b".to_owned(),
+        ..Options::default()
+    });
+    let config = lab.path("udp-flood.cfg");
+    std::fs::write(&config, trafgen_config(&flood_frame(&lab)))
+        .expect("writing the trafgen config");
+
+    // (a) vipwire on the hostile node.
+    let mut agent = lab.start_agent_binary(&agent_binary(), "bench-agent.log");
+    let serving = poll_until(Duration::from_secs(30), || {
+        agent.assert_running();
+        client::tcp_request(
+            &lab.client,
+            l4lab::vip(TCP, false),
+            Duration::from_millis(300),
+        )
+        .ok()
+    });
+    let vipwire = if serving.is_some() {
+        arm(&lab, &trafgen, &config, "vipwire")
+    } else {
+        println!(
+            "l4 bench: vipwire did not serve {VIP}:{} within 30 s; its arm reports 0. Agent log:\n{}",
+            TCP.port,
+            agent.log_tail()
+        );
+        Arm::default()
+    };
+    agent.assert_running();
+    agent.stop(Duration::from_secs(10));
+    detach_everything(&lab);
+
+    // (b), (c): the kernel's DNAT, on a node made permissive the way kube-proxy needs it.
+    lab.set_rp_filter(RpFilter::Loose);
+    lab.set_forward(ForwardPolicy::Accept);
+    lab.node.pass_all_xdp("up0");
+    let mut kernel = Vec::new();
+    for (nft, label) in [(false, "iptables"), (true, "nftables")] {
+        lab.install_kernel_dnat(0, nft);
+        let answer =
+            client::tcp_request(&lab.client, l4lab::vip(TCP, false), Duration::from_secs(2));
+        assert!(answer.is_ok(), "{label} DNAT does not answer: {answer:?}");
+        kernel.push(arm(&lab, &trafgen, &config, label));
+        lab.remove_kernel_dnat(0, nft);
+    }
+    let nftables = kernel.pop().expect("nftables arm");
+    let iptables = kernel.pop().expect("iptables arm");
+    push(report, &vipwire, &iptables, &nftables);
+
+    // The generator's ceiling: the same flood to a MAC nobody has, dropped right after the
+    // veth's NAPI (and the pass-all XDP) as PACKET_OTHERHOST. trafgen and the receive path
+    // share its CPU (veth NAPI runs in the sender's softirq), so this caps every arm.
+    let mut frame = flood_frame(&lab);
+    frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    std::fs::write(&config, trafgen_config(&frame)).expect("writing the trafgen config");
+    let ceiling = flood(&lab, &trafgen, &config, "ceiling");
+    report.push(Measurement::new(
+        "l4 udp flow: generator ceiling (dropped at rx)",
+        ceiling.offered,
+        "frames/s",
+    ));
+    for (name, arm) in [("iptables", &iptables), ("nftables", &nftables)] {
+        report.push(Measurement::new(
+            format!("l4 udp flow: best ratio possible vs {name}"),
+            ceiling.offered / arm.delivered.max(1.0),
+            "x",
+        ));
+    }
+    // Every arm runs trafgen and the whole receive path (veth NAPI, XDP/TC or netfilter and
+    // routing, the pod's UDP input) on the sender's CPU, saturated: 1/rate is the CPU time per
+    // packet, and subtracting the ceiling's leaves what the data path itself costs.
+    let path_ns = |arm: &Arm| 1e9 / arm.delivered.max(1.0) - 1e9 / ceiling.offered.max(1.0);
+    let (own, ipt, nft) = (path_ns(&vipwire), path_ns(&iptables), path_ns(&nftables));
+    report.push(Measurement::new(
+        "l4 udp flow: path cost, iptables",
+        ipt,
+        "ns/pkt",
+    ));
+    report.push(Measurement::new(
+        "l4 udp flow: path cost, nftables",
+        nft,
+        "ns/pkt",
+    ));
+    for (name, base) in [("iptables", ipt), ("nftables", nft)] {
+        report.push(
+            Measurement::new(
+                format!("l4 udp flow: path cost, vipwire (vs {name})"),
+                own,
+                "ns/pkt",
+            )
+            .against(format!("{name} path cost"), base)
+            .target(Target::RatioAtMost(0.5)),
+        );
+    }
+    println!(
+        "l4 udp flow: generator ceiling {:.0} frames/s (softirq {:.0} ns/frame): no arm can beat \
+         it, so vipwire/iptables <= {:.2}x and vipwire/nftables <= {:.2}x in this lab",
+        ceiling.offered,
+        ceiling.softirq_ns,
+        ceiling.offered / iptables.delivered.max(1.0),
+        ceiling.offered / nftables.delivered.max(1.0),
+    );
+}
+
+fn push(report: &mut Report, vipwire: &Arm, iptables: &Arm, nftables: &Arm) {
+    for (name, arm) in [("iptables dnat", iptables), ("nftables dnat", nftables)] {
+        report.push(Measurement::new(
+            format!("l4 udp flow: {name} into pod"),
+            arm.delivered,
+            "pkts/s",
+        ));
+    }
+    for (name, base) in [("iptables", iptables), ("nftables", nftables)] {
+        report.push(
+            Measurement::new(
+                format!("l4 udp flow: vipwire into pod (vs {name})"),
+                vipwire.delivered,
+                "pkts/s",
+            )
+            .against(format!("{name} dnat into pod"), base.delivered)
+            .target(Target::RatioAtLeast(2.0)),
+        );
+    }
+    for (name, arm) in [
+        ("vipwire", vipwire),
+        ("iptables", iptables),
+        ("nftables", nftables),
+    ] {
+        report.push(Measurement::new(
+            format!("l4 udp flow: offered (up0 rx), {name}"),
+            arm.offered,
+            "frames/s",
+        ));
+        let softirq = Measurement::new(
+            format!("l4 udp flow: softirq cpu/pkt, {name}"),
+            arm.softirq_ns,
+            "ns/pkt",
+        );
+        if name == "vipwire" {
+            report.push(softirq.against("iptables softirq cpu/pkt", iptables.softirq_ns));
+        } else {
+            report.push(softirq);
+        }
+        for (pct, value, base) in [
+            ("p50", arm.p50_us, iptables.p50_us),
+            ("p99", arm.p99_us, iptables.p99_us),
+        ] {
+            let mut m = Measurement::new(
+                format!("l4 tcp req/resp {pct}, {name}"),
+                value.unwrap_or(f64::NAN),
+                "us",
+            );
+            if name == "vipwire"
+                && let Some(base) = base
+            {
+                m = m.against(format!("iptables {pct}"), base);
+            }
+            report.push(m);
+        }
+    }
+    println!(
+        "l4 udp flow into the pod: vipwire {:.0}/s, iptables {:.0}/s, nftables {:.0}/s \
+         (offered {:.0}/{:.0}/{:.0} frames/s; checksum errors in the pod {}/{}/{})",
+        vipwire.delivered,
+        iptables.delivered,
+        nftables.delivered,
+        vipwire.offered,
+        iptables.offered,
+        nftables.offered,
+        vipwire.csum_errors,
+        iptables.csum_errors,
+        nftables.csum_errors,
+    );
+}
+
+/// One arm: the UDP flood, then request/response latency.
+fn arm(lab: &L4Lab, trafgen: &Path, config: &Path, label: &str) -> Arm {
+    let flood = flood(lab, trafgen, config, label);
+    // Let the queues drain before timing requests.
+    std::thread::sleep(Duration::from_millis(300));
+    let (p50_us, p99_us) = latency(lab);
+    Arm {
+        p50_us,
+        p99_us,
+        ..flood
+    }
+}
+
+/// Floods for [`FLOOD_FOR`]; rates over [`WINDOW`] after [`WARMUP`]. Softirq time is per
+/// delivered packet, or per offered frame when nothing is delivered.
+fn flood(lab: &L4Lab, trafgen: &Path, config: &Path, label: &str) -> Arm {
+    let pod = &lab.pod(0).ns;
+    let log_path = lab.path(&format!("trafgen-{label}.log"));
+    let log = std::fs::File::create(&log_path).expect("creating the trafgen log");
+    let mut child = lab
+        .client
+        .command("timeout")
+        .args(["-s", "INT", "-k", "2"])
+        .arg(format!("{}", FLOOD_FOR.as_secs()))
+        .arg(trafgen)
+        .args(["--dev", "eth0", "--conf"])
+        .arg(config)
+        .args(["--cpus", "1", "-n", FLOOD_MAX_FRAMES, "-b", OFFERED_RATE])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("starting trafgen");
+    std::thread::sleep(WARMUP);
+    let sample = || {
+        let t = Instant::now();
+        let pod = stats::udp_delivered(pod);
+        let (up0_rx, _) = stats::netdev_packets(&lab.node, "up0");
+        (t, pod, up0_rx, stats::softirq_time())
+    };
+    let (t0, pod0, rx0, soft0) = sample();
+    std::thread::sleep(WINDOW);
+    let (t1, pod1, rx1, soft1) = sample();
+    let still_running = child.try_wait().expect("polling trafgen").is_none();
+    let status = wait_bounded(&mut child, FLOOD_FOR + Duration::from_secs(5));
+    assert!(
+        still_running,
+        "trafgen ({label}) ended before the window closed ({status:?}): {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let secs = (t1 - t0).as_secs_f64();
+    let delivered = (pod1.delivered - pod0.delivered) as f64;
+    let offered = (rx1 - rx0) as f64;
+    let per = if delivered > 0.0 { delivered } else { offered };
+    Arm {
+        delivered: delivered / secs,
+        offered: offered / secs,
+        softirq_ns: (soft1 - soft0).as_nanos() as f64 / per.max(1.0),
+        csum_errors: pod1.csum_errors - pod0.csum_errors,
+        ..Arm::default()
+    }
+}
+
+/// p50 and p99 of request/response round trips on one connection to VIP:port.
+fn latency(lab: &L4Lab) -> (Option<f64>, Option<f64>) {
+    let to = l4lab::vip(TCP, false);
+    let Some(Ok(mut conn)) = client::connect(&lab.client, to, 1, Duration::from_secs(2)).pop()
+    else {
+        return (None, None);
+    };
+    let timeout = Duration::from_secs(1);
+    for _ in 0..200 {
+        if conn.request(timeout).is_err() {
+            return (None, None);
+        }
+    }
+    let mut samples = timed_requests(&mut conn, timeout);
+    if samples.is_empty() {
+        return (None, None);
+    }
+    samples.sort_unstable_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (Some(at(0.50)), Some(at(0.99)))
+}
+
+fn timed_requests(conn: &mut TcpConn, timeout: Duration) -> Vec<f64> {
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(REQUESTS);
+    while samples.len() < REQUESTS && started.elapsed() < REQUESTS_FOR {
+        let t = Instant::now();
+        if conn.request(timeout).is_err() {
+            break;
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples
+}
+
+/// A stopped agent with `--cleanup-on-exit` detaches its programs; make sure nothing of it is
+/// left on the lab's interfaces before the kernel arms (the lab's own namespace only).
+fn detach_everything(lab: &L4Lab) {
+    let mut interfaces = vec!["up0".to_owned(), "up1".to_owned()];
+    interfaces.extend(lab.pods().iter().map(|p| p.host_veth.clone()));
+    for ifname in interfaces {
+        let _ = lab
+            .node
+            .exec("ip", &["link", "set", "dev", &ifname, "xdp", "off"]);
+        let _ = lab
+            .node
+            .exec("tc", &["qdisc", "del", "dev", &ifname, "clsact"]);
+    }
+}
+
+/// The agent binary built beside this one (`cargo xtask bench` builds it first).
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    let binary = exe.with_file_name("vipwire");
+    assert!(
+        binary.is_file(),
+        "prerequisite {} not found: run `cargo build --release -p vipwire` (cargo xtask bench does)",
+        binary.display()
+    );
+    binary
+}
+
+/// The flood's frame: client eth0 → node up0, CLIENT_SRC:40000 → VIP:SINK.port.
+fn flood_frame(lab: &L4Lab) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(lab.client.mac("eth0"), lab.node.mac("up0"))
+        .ipv4(CLIENT_SRC.octets(), VIP.octets(), 64)
+        .udp(40000, SINK.port);
+    let payload = [0x5a; 18];
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, &payload)
+        .expect("writing a UDP frame to a Vec");
+    frame
+}
+
+/// A trafgen config that sends `frame` over and over.
+fn trafgen_config(frame: &[u8]) -> String {
+    let mut out = String::from("{\n");
+    for byte in frame {
+        write!(out, "0x{byte:02x}, ").expect("writing to a String");
+    }
+    out.push_str("\n}\n");
+    out
+}
+
+/// Kills `child` if it outlives `limit` (timeout should have stopped it long before).
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("polling trafgen") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
