@@ -289,7 +289,8 @@ fn stale_heartbeat_logs_once_per_occurrence() {
     h.heartbeat();
     assert_eq!(h.run(&request, LO_IFINDEX).verdict, Verdict::Tx);
     let mut stale = h.control();
-    stale.heartbeat_ns -= 1_000_000;
+    // Stale by far more than the program's clock resolution (a tick: control.rs).
+    stale.heartbeat_ns -= 1_000_000_000;
     stale.stale_after_ns = 1_000;
     h.set_control(stale);
     assert_eq!(h.run(&request, LO_IFINDEX).verdict, Verdict::Pass);
