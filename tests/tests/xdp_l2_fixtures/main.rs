@@ -6,6 +6,7 @@
 //! the ICMPv6 checksum and the NA flags. The tables live in `arp.rs` and `ndp.rs`.
 
 mod arp;
+mod lab;
 mod ndp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
