@@ -17,15 +17,15 @@
 //! while it passes the lab's own ARP probes. Replies are the client's eth0 rx packets (veth
 //! counts frames its XDP program dropped) over a window inside the flood.
 //!
-//! The generator thread is pinned to one CPU. The kernel runs the live frames' redirects, the
-//! node's NAPI poll (XDP, and in arm B the stack's ARP code and the reply's transmit) and the
-//! client's NAPI poll in softirq on that CPU, right after each batch, or in its ksoftirqd when
-//! it has run long enough: the generator thread's CPU time plus that ksoftirqd's is the whole
-//! chain's cost, generator and client sink included. (Unpinned, the generator migrates while
-//! a busy NAPI poll stays behind on the other CPU, and the chain spreads over both.) Replies/s also depends on how much of a CPU other work on the machine
-//! leaves the generator, so replies per CPU-second of those threads is reported beside it,
-//! both against the kernel with the 5x target. The machine-wide softirq and system
-//! time per reply show where the time went.
+//! The generator thread is pinned to one CPU. The kernel runs the live frames' redirects and,
+//! in softirq right after each batch, the NAPI polls they schedule: the node's (XDP, and in
+//! arm B the stack's ARP code and the reply's transmit) and the client's. So most of a reply's
+//! cost lands in the generator thread or its CPU's ksoftirqd, and replies per CPU-second of
+//! those two is reported beside replies/s, which also depends on how much of a CPU other work
+//! on the machine leaves. Not all of it: a NAPI poll that is busy stays on the CPU where it was
+//! scheduled, which may be the other one, so the machine-wide softirq and system time per
+//! reply (which hold everything, plus other work on the machine) are reported too. The issue's
+//! target (5x) is on replies/s; the CPU figures explain it and carry none.
 
 use std::{
     net::Ipv4Addr,
@@ -188,8 +188,7 @@ pub fn measure(report: &mut Report) {
             per_cpu_second(&xdp),
             "replies/cpu-s",
         )
-        .against("kernel", per_cpu_second(&kernel))
-        .target(Target::RatioAtLeast(5.0)),
+        .against("kernel", per_cpu_second(&kernel)),
     );
     for (what, kernel_ns, xdp_ns) in [
         ("softirq", kernel.softirq_per_reply, xdp.softirq_per_reply),
@@ -432,8 +431,8 @@ fn sample(
 
 /// Pins the calling thread to the CPU it runs on and returns that CPU. The kernel runs a
 /// NAPI poll on the CPU that scheduled it, and keeps it there while it has work: with the
-/// generator pinned, the whole chain stays on one CPU, in the generator's thread or in that
-/// CPU's ksoftirqd, and those two threads' CPU time is all of its cost.
+/// generator pinned, the polls it schedules stay on its CPU, in its thread or in that CPU's
+/// ksoftirqd (a poll already busy on the other CPU stays there: see the module docs).
 fn pin_to_current_cpu() -> u32 {
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
