@@ -148,19 +148,32 @@ impl XdpHarness {
     /// Runs `frame` once. The kernel refuses frames shorter than an Ethernet header
     /// (EINVAL) and an `ingress_ifindex` with no device in this namespace (ENODEV).
     pub fn try_run(&self, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutput, ProgramError> {
-        let mut out = vec![0u8; frame.len() + OUTPUT_SLACK];
-        let ctx = xdp_md(frame.len(), ingress_ifindex);
-        let result = self.program().test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(RunOutput {
-            verdict: result.return_value.into(),
-            frame: out,
-        })
+        run_once(self.program(), frame, ingress_ifindex)
+    }
+
+    /// Loads another XDP program of the object (the benchmark's lab programs), sharing the
+    /// object's maps, for [`Self::run_program`].
+    pub fn load_program(&mut self, name: &str) {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("the object has {name}"))
+            .try_into()
+            .unwrap_or_else(|e| panic!("{name} is XDP: {e}"));
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
+    }
+
+    /// [`Self::run`] for a program loaded with [`Self::load_program`].
+    pub fn run_program(&self, name: &str, frame: &[u8], ingress_ifindex: u32) -> RunOutput {
+        let program: &Xdp = self
+            .ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("{name} is not a loaded XDP program"));
+        run_once(program, frame, ingress_ifindex)
+            .unwrap_or_else(|e| panic!("BPF_PROG_RUN {name} (ifindex {ingress_ifindex}): {e:?}"))
     }
 
     /// Runs `frame` once through the TC program `name` (loaded on first use, sharing this
@@ -333,6 +346,23 @@ impl XdpHarness {
 fn zeroed_per_cpu() -> PerCpuValues<L2VipStats> {
     let cpus = nr_cpus().expect("counting possible CPUs");
     PerCpuValues::try_from(vec![L2VipStats::default(); cpus]).expect("one value per CPU")
+}
+
+/// One BPF_PROG_RUN of `program` on `frame`, with the output frame.
+fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutput, ProgramError> {
+    let mut out = vec![0u8; frame.len() + OUTPUT_SLACK];
+    let ctx = xdp_md(frame.len(), ingress_ifindex);
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..TestRunOptions::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(RunOutput {
+        verdict: result.return_value.into(),
+        frame: out,
+    })
 }
 
 /// The `struct xdp_md` BPF_PROG_RUN takes as context: data 0, data_end = frame length,

@@ -9,7 +9,8 @@ use aya::{
 };
 use vipwire_common::{CONTRACT_VERSION, Control, control::CONTROL_INDEX, maps};
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, which the program reads
+/// at tick resolution (`bpf_ktime_get_coarse_ns()`, ebpf/programs/src/control.rs).
 pub fn monotonic_ns() -> u64 {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");

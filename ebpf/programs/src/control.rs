@@ -6,7 +6,9 @@
 //! with every heartbeat it writes. Two CPUs may race on the bit and both log: at most one
 //! line per CPU per occurrence, never one per packet.
 
-use aya_ebpf::{btf_maps::Array, helpers::bpf_ktime_get_ns, macros::btf_map, programs::XdpContext};
+use aya_ebpf::{
+    btf_maps::Array, helpers::bpf_ktime_get_coarse_ns, macros::btf_map, programs::XdpContext,
+};
 use aya_log_ebpf::{info, warn};
 use vipwire_common::{
     CONTRACT_VERSION, Control, Reason,
@@ -48,10 +50,13 @@ pub fn gate(ctx: &XdpContext) -> Result<(), Reason> {
         }
         return Err(Reason::ContractMismatch);
     }
-    // Read after the control entry: the agent reads its clock before writing, so a heartbeat
-    // from the future only comes from another clock. Either direction counts as age.
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // CLOCK_MONOTONIC at tick resolution (CLOCK_MONOTONIC_COARSE): the last tick's time, no
+    // clock-source read, a fraction of `bpf_ktime_get_ns`'s cost on the answer path. It lags
+    // the agent's clock by less than a tick (1-10 ms), against limits of seconds; a heartbeat
+    // that seems up to a tick in the future is within the limit like any other age. Either
+    // direction counts as age: a heartbeat further in the future comes from another clock.
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let age = now.abs_diff(heartbeat_ns);
     if age > stale_after_ns {
         if first_report(control, REPORTED_STALE) {

@@ -6,16 +6,21 @@
 //! counter is bumped per packet.
 #![no_std]
 #![no_main]
+// Inline assembly for word-sized packet access at any offset (words.rs); the crate is built
+// with a pinned nightly.
+#![feature(asm_experimental_arch)]
 
 mod arp;
 mod checksum;
 mod control;
 mod counters;
 mod l4;
+mod lab;
 mod maps;
 mod ndp;
 mod parse;
 mod tc;
+mod words;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vipwire_common::{Reason, selfcheck};
@@ -93,6 +98,30 @@ pub fn vipwire_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn vipwire_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The ARP flood generator of `cargo xtask bench dataplane`: sends every frame back out where
+/// it came from. Run with BPF_PROG_RUN and `BPF_F_TEST_XDP_LIVE_FRAMES` on a lab veth, the
+/// kernel turns each `XDP_TX` into a redirect out of that veth, so the frame reaches the
+/// peer's XDP program at a fraction of a socket send's cost (xdp-trafficgen works the same
+/// way). See [`lab::rearm_arp_request`] for why it touches the frame. The agent never loads it.
+#[xdp]
+pub fn vipwire_xdp_gen(ctx: XdpContext) -> u32 {
+    lab::rearm_arp_request(&ctx);
+    xdp_action::XDP_TX
+}
+
+/// The far end of the ARP flood in `cargo xtask bench dataplane`: drops ARP replies to
+/// RFC 5227 probes and passes every other frame ([`lab::is_probe_reply`]). Like
+/// `vipwire_xdp_pass`, it makes its veth accept XDP_TX frames from the peer. The agent never
+/// loads it.
+#[xdp]
+pub fn vipwire_xdp_sink(ctx: XdpContext) -> u32 {
+    if lab::is_probe_reply(&ctx) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 #[inline(always)]

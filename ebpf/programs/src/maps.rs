@@ -30,6 +30,15 @@ pub fn iface_mac(ifindex: u32) -> Option<[u8; 6]> {
     Some(unsafe { (*iface).mac })
 }
 
+/// [`iface_mac`] as the low 48 bits of a little-endian word (the MAC's first byte lowest).
+#[inline(always)]
+pub fn iface_mac_word(ifindex: u32) -> Option<u64> {
+    let iface = IFACES.get_ptr(ifindex)?;
+    // SAFETY: a map value pointer from a successful lookup, 8-byte aligned like every map
+    // value; an Iface is 8 bytes, the MAC and then padding, which the mask drops.
+    Some(unsafe { iface.cast::<u64>().read() } & ((1 << 48) - 1))
+}
+
 /// This CPU's stats of an owned IPv4 (VIP, ifindex), or `None` if not owned.
 #[inline(always)]
 pub fn vip4(addr_be: [u8; 4], ifindex: u32) -> Option<*mut L2VipStats> {

@@ -8,8 +8,6 @@ pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
-pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EthHdr {

@@ -6,6 +6,7 @@
 //! the ICMPv6 checksum and the NA flags. The tables live in `arp.rs` and `ndp.rs`.
 
 mod arp;
+mod lab;
 mod ndp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -289,7 +290,8 @@ fn stale_heartbeat_logs_once_per_occurrence() {
     h.heartbeat();
     assert_eq!(h.run(&request, LO_IFINDEX).verdict, Verdict::Tx);
     let mut stale = h.control();
-    stale.heartbeat_ns -= 1_000_000;
+    // Stale by far more than the program's clock resolution (a tick: control.rs).
+    stale.heartbeat_ns -= 1_000_000_000;
     stale.stale_after_ns = 1_000;
     h.set_control(stale);
     assert_eq!(h.run(&request, LO_IFINDEX).verdict, Verdict::Pass);

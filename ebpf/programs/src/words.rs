@@ -1,0 +1,91 @@
+//! Loads and stores of whole little-endian words at any byte offset into the packet.
+//!
+//! Header fields sit at offsets that no alignment rule covers (an ARP frame's addresses at 22,
+//! 28, 32, 38), and Rust's `read_unaligned` on the BPF target becomes one single-byte load per
+//! byte. The verifier accepts misaligned packet access wherever the CPU handles it (x86-64,
+//! arm64; elsewhere it rejects the program at load time), so these emit the one instruction
+//! each. Linking everything with LLVM's `allows-misaligned-mem-access` instead is not an
+//! option: LLVM then also merges stack stores into misaligned ones, which the verifier always
+//! rejects.
+//!
+//! Callers guarantee that `OFF + size` bytes from `frame` lie inside the packet, as checked
+//! by [`crate::parse::ptr_at`] on the same pointer.
+
+use core::arch::asm;
+
+/// The 8 bytes at `frame + OFF` as a little-endian word (the first byte lowest).
+///
+/// # Safety
+/// `frame + OFF .. frame + OFF + 8` must lie inside the packet.
+#[inline(always)]
+pub unsafe fn load64<const OFF: usize>(frame: *const u8) -> u64 {
+    let value: u64;
+    // SAFETY: the caller keeps the access inside the packet; the load only reads memory.
+    unsafe {
+        asm!(
+            "{value} = *(u64 *)({frame} + {off})",
+            value = out(reg) value,
+            frame = in(reg) frame,
+            off = const OFF,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    value
+}
+
+/// The 4 bytes at `frame + OFF` as a little-endian word.
+///
+/// # Safety
+/// `frame + OFF .. frame + OFF + 4` must lie inside the packet.
+#[inline(always)]
+pub unsafe fn load32<const OFF: usize>(frame: *const u8) -> u32 {
+    let value: u64;
+    // SAFETY: as in `load64`.
+    unsafe {
+        asm!(
+            "{value} = *(u32 *)({frame} + {off})",
+            value = out(reg) value,
+            frame = in(reg) frame,
+            off = const OFF,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    // A 32-bit load zero-extends into the register.
+    value as u32
+}
+
+/// Writes `value` as 8 little-endian bytes at `frame + OFF`.
+///
+/// # Safety
+/// `frame + OFF .. frame + OFF + 8` must lie inside the packet.
+#[inline(always)]
+pub unsafe fn store64<const OFF: usize>(frame: *mut u8, value: u64) {
+    // SAFETY: the caller keeps the access inside the packet.
+    unsafe {
+        asm!(
+            "*(u64 *)({frame} + {off}) = {value}",
+            value = in(reg) value,
+            frame = in(reg) frame,
+            off = const OFF,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Writes `value` as 4 little-endian bytes at `frame + OFF`.
+///
+/// # Safety
+/// `frame + OFF .. frame + OFF + 4` must lie inside the packet.
+#[inline(always)]
+pub unsafe fn store32<const OFF: usize>(frame: *mut u8, value: u32) {
+    // SAFETY: the caller keeps the access inside the packet.
+    unsafe {
+        asm!(
+            "*(u32 *)({frame} + {off}) = {value}",
+            value = in(reg) u64::from(value),
+            frame = in(reg) frame,
+            off = const OFF,
+            options(nostack, preserves_flags),
+        );
+    }
+}
