@@ -125,6 +125,20 @@ impl Snapshot {
         snapshot
     }
 
+    /// `self == other`, cheaply: objects behind the same `Arc` are equal without a look inside
+    /// (sources keep the `Arc` of an unchanged object), so this is a pointer walk.
+    pub fn same_as(&self, other: &Self) -> bool {
+        fn same<K: Eq, V: PartialEq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+        }
+        same(&self.services, &other.services)
+            && same(&self.endpoint_slices, &other.endpoint_slices)
+            && same(&self.nodes, &other.nodes)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && self.endpoint_slices.is_empty() && self.nodes.is_empty()
     }
