@@ -313,7 +313,9 @@ async fn publish(
             continue;
         }
         health.send_if_modified(|h| !std::mem::replace(&mut h.synced, true));
+        let started = std::time::Instant::now();
         let snapshot = stores.snapshot();
+        tracing::debug!(took_us = started.elapsed().as_micros(), "snapshot built");
         if snapshots
             .borrow()
             .as_deref()

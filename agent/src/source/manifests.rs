@@ -133,7 +133,9 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestErrors> {
 }
 
 /// What a file looked like when it was parsed: any write, rename over it or replacement
-/// changes one of these (ctime moves on every write).
+/// changes one of these (ctime moves on every write). File timestamps are coarse (a kernel
+/// tick), so two same-size writes within one tick look alike: a stamp counts only once it is
+/// older than [`RACY`] (git's "racy clean" rule); younger files are parsed again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
@@ -143,7 +145,18 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
+/// See [`Stamp`].
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Stamp {
+    /// Whether the file has not changed since `self` was taken, as far as stamps can tell.
+    fn still(&self, now: &Self) -> bool {
+        let settled = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|t| t.as_secs() as i64 > self.ctime.0 + RACY.as_secs() as i64);
+        self == now && settled
+    }
+
     fn of(path: &Path) -> io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path)?;
@@ -169,7 +182,6 @@ pub struct DirCache {
 struct FileLoad {
     snapshot: Snapshot,
     warnings: Vec<String>,
-    seen: Vec<((Kind, String), Location)>,
     failed: bool,
 }
 
@@ -189,14 +201,13 @@ pub fn load_dir_cached(dir: &Path, cache: &mut DirCache) -> Result<Loaded, Manif
             continue;
         };
         let load = match cache.files.remove(&path) {
-            Some((old, load)) if old == stamp => load,
+            Some((old, load)) if old.still(&stamp) => load,
             _ => match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     let mut collector = Collector::default();
                     collector.file(&path, &text);
                     Arc::new(FileLoad {
                         failed: !collector.errors.is_empty(),
-                        seen: collector.seen_in_order,
                         snapshot: collector.snapshot,
                         warnings: collector.warnings,
                     })
@@ -212,29 +223,40 @@ pub fn load_dir_cached(dir: &Path, cache: &mut DirCache) -> Result<Loaded, Manif
         fresh.insert(path, (stamp, load));
     }
     cache.files = fresh;
-    let mut seen = HashMap::new();
     let mut loaded = Loaded::default();
+    let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     for load in &loads {
-        let duplicate = load
-            .seen
-            .iter()
-            .any(|(id, at)| seen.insert(id.clone(), at.clone()).is_some());
-        if load.failed || duplicate {
+        if load.failed {
             return load_dir(dir);
         }
-        let snapshot = &mut loaded.snapshot;
-        for (key, object) in &load.snapshot.services {
-            snapshot.services.insert(key.clone(), object.clone());
-        }
-        for (key, object) in &load.snapshot.endpoint_slices {
-            snapshot.endpoint_slices.insert(key.clone(), object.clone());
-        }
-        for (key, object) in &load.snapshot.nodes {
-            snapshot.nodes.insert(key.clone(), object.clone());
-        }
+        services.extend(pairs(&load.snapshot.services));
+        slices.extend(pairs(&load.snapshot.endpoint_slices));
+        nodes.extend(pairs(&load.snapshot.nodes));
         loaded.warnings.extend(load.warnings.iter().cloned());
     }
+    // Collected, not inserted one by one: `BTreeMap::from_iter` sorts once and builds the
+    // tree in bulk, several times faster than 20,000 inserts in file order.
+    let objects = services.len() + slices.len() + nodes.len();
+    loaded.snapshot = Snapshot {
+        services: services.into_iter().collect(),
+        endpoint_slices: slices.into_iter().collect(),
+        nodes: nodes.into_iter().collect(),
+    };
+    // Each file's objects are unique (its collector checked); fewer after the merge means an
+    // object defined in two files: the plain load names both places.
+    let merged = loaded.snapshot.services.len()
+        + loaded.snapshot.endpoint_slices.len()
+        + loaded.snapshot.nodes.len();
+    if merged != objects {
+        return load_dir(dir);
+    }
     Ok(loaded)
+}
+
+fn pairs<K: Clone, V>(map: &std::collections::BTreeMap<K, Arc<V>>) -> Vec<(K, Arc<V>)> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), Arc::clone(v)))
+        .collect()
 }
 
 /// Parses the text of one file (named `path` in messages) into a snapshot of its own.
@@ -302,8 +324,6 @@ struct Collector {
     warnings: Vec<String>,
     errors: Vec<ManifestError>,
     seen: HashMap<(Kind, String), Location>,
-    /// The same, in document order (for merging files).
-    seen_in_order: Vec<((Kind, String), Location)>,
 }
 
 impl Collector {
@@ -452,7 +472,6 @@ impl Collector {
             });
             return;
         }
-        self.seen_in_order.push(((kind, name.clone()), at.clone()));
         self.seen.insert((kind, name), at);
         store(&mut self.snapshot, object);
     }

@@ -185,6 +185,7 @@ async fn reload(
     status: &watch::Sender<SourceStatus>,
 ) -> DirCache {
     let path = dir.to_owned();
+    let started = std::time::Instant::now();
     let read = tokio::task::spawn_blocking(move || {
         let result = load_dir_cached(&path, &mut cache);
         (result, cache)
@@ -196,10 +197,16 @@ async fn reload(
             return DirCache::default();
         }
     };
+    let read_us = started.elapsed().as_micros();
     match result {
         Ok(loaded) => accept(dir, loaded, snapshots, status),
         Err(errors) => reject(dir, &errors, status),
     }
+    tracing::debug!(
+        read_us,
+        took_us = started.elapsed().as_micros(),
+        "manifests re-read"
+    );
     cache
 }
 
