@@ -297,13 +297,9 @@ fn the_cached_load_equals_the_plain_one() {
     write(d, "b.yaml", SLICE);
     write(d, "n.yaml", NODE);
     let first = same(&mut cache).unwrap();
-    // Unchanged files keep their objects (the model sees them as unchanged).
-    let again = same(&mut cache).unwrap();
+    // (Files younger than RACY, as all of these are, are parsed again on every load.)
+    assert_eq!(same(&mut cache).unwrap(), first);
     let key = ObjectKey::new("prod", "web");
-    assert!(Arc::ptr_eq(
-        &first.snapshot.services[&key],
-        &again.snapshot.services[&key]
-    ));
     // Same length, same tick: still seen.
     write(d, "a.yaml", &SERVICE.replace("192.0.2.10", "192.0.2.11"));
     let edited = same(&mut cache).unwrap();
