@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bgp;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod dataplane;
 pub mod l2;

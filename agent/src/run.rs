@@ -1,14 +1,22 @@
 //! `vipwire run`: the agent's main loop. Loads (or takes over) the dataplane, then applies
-//! every new snapshot (debounced, plus a periodic full resync) as a delta, serves the admin
-//! endpoint and keeps the heartbeat fresh until SIGINT/SIGTERM.
+//! every new snapshot as a delta, serves the admin endpoint and keeps the heartbeat fresh
+//! until SIGINT/SIGTERM.
+//!
+//! Latency and cost of one change: a snapshot that arrives after a quiet period is reconciled
+//! at once; only bursts are coalesced ([`Coalescer`]). The desired state is kept by
+//! [`Incremental`] (cost of what changed, not of every Service), and the L2 maps are diffed
+//! against what this agent wrote last instead of being read back from the kernel. The periodic
+//! resync starts both from scratch: the model from the pure [`crate::model::desired`] rules and the
+//! L2 writer from the kernel's contents (repairing maps edited behind our back).
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
     admin::{self, AdminError, AdminState, Reconciled, SourceWatch},
     bgp::{Speaker, StartOptions},
+    coalesce::{Coalescer, sleep_until_opt},
     config::Config,
     dataplane::{
         self, heartbeat,
@@ -17,7 +25,7 @@ use crate::{
         logs,
         paths::PinPaths,
     },
-    model::{self, ModelConfig},
+    model::{Incremental, ModelConfig},
     snapshot::Snapshot,
     source::{kube, spawn_manifest_source},
 };
@@ -29,12 +37,17 @@ pub struct RunOptions {
     pub bpf_log_level: aya_log::Level,
 }
 
-/// Quiet time after a snapshot before it is applied: a burst of changes costs one reconcile.
-const DEBOUNCE: Duration = Duration::from_millis(50);
-/// A steady stream of snapshots delays a reconcile by at most this much.
-const MAX_DELAY: Duration = Duration::from_millis(500);
+/// A snapshot this long after the last reconcile is applied at once (the sources coalesce
+/// their own bursts already; this guards against a source that publishes too eagerly).
+const QUIET: Duration = Duration::from_millis(10);
+/// Inside a burst: apply once snapshots stop for this long...
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// ...or at most this long after the first one.
+const MAX_DELAY: Duration = Duration::from_millis(250);
 /// Reconcile from scratch this often even without changes (repairs maps edited behind our back).
 const RESYNC: Duration = Duration::from_secs(300);
+/// L2 changes up to this many entries are logged one line each.
+const LOG_EACH: usize = 16;
 /// How long shutdown waits for the withdrawals and NOTIFICATIONs to go out.
 const BGP_SHUTDOWN: Duration = Duration::from_secs(2);
 
@@ -189,11 +202,13 @@ async fn agent(
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(node = %config.node_name, interfaces = ?config.interfaces, "agent running");
     let mut source_alive = true;
-    // Set while a new snapshot waits out the debounce: (first seen, deadline).
-    let mut pending: Option<(Instant, Instant)> = None;
+    let mut coalescer = Coalescer::new(QUIET, DEBOUNCE, MAX_DELAY);
+    let mut model = Incremental::new(config.node_name.clone(), model_config.clone());
+    let mut l2_written: Option<BTreeSet<IpAddr>> = None;
+    let announcer = crate::l2::Announcer::spawn();
     let mut reconciles = 0u64;
     loop {
-        let apply_at = pending.map(|(first, last)| (last + DEBOUNCE).min(first + MAX_DELAY));
+        let mut due = false;
         tokio::select! {
             _ = ticker.tick() => {
                 heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
@@ -206,28 +221,41 @@ async fn agent(
                     source_alive = false;
                     continue;
                 }
-                let now = Instant::now();
-                pending = Some((pending.map_or(now, |(first, _)| first), now));
+                due = coalescer.changed(Instant::now());
             }
-            () = sleep_until_opt(apply_at) => {
-                pending = None;
-                let snapshot = input.snapshots.borrow_and_update().clone();
-                if let Some(snapshot) = snapshot {
-                    reconciles += 1;
-                    reconcile(&mut plane, speaker.as_ref(), &config, &model_config, &snapshot, &state, reconciles)?;
-                }
-            }
+            () = sleep_until_opt(coalescer.deadline()) => due = true,
             _ = resync.tick() => {
-                let snapshot = input.snapshots.borrow().clone();
-                if let Some(snapshot) = snapshot {
-                    tracing::debug!("periodic full resync");
-                    reconciles += 1;
-                    reconcile(&mut plane, speaker.as_ref(), &config, &model_config, &snapshot, &state, reconciles)?;
-                }
+                tracing::debug!("periodic full resync");
+                model = Incremental::new(config.node_name.clone(), model_config.clone());
+                l2_written = None;
+                due = true;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
+        if !due {
+            continue;
+        }
+        let snapshot = input.snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = snapshot {
+            reconciles += 1;
+            let started = std::time::Instant::now();
+            let mut target = Target {
+                plane: &mut plane,
+                speaker: speaker.as_ref(),
+                model: &mut model,
+                l2_written: &mut l2_written,
+                announcer: &announcer,
+                state: &state,
+            };
+            reconcile(&mut target, &config, &snapshot, reconciles)?;
+            tracing::debug!(
+                count = reconciles,
+                took_us = started.elapsed().as_micros(),
+                "reconciled"
+            );
+        }
+        coalescer.acted(Instant::now());
     }
     if let Some(speaker) = speaker {
         // Withdraw, then Cease/Administrative Shutdown: peers move traffic away at once
@@ -254,73 +282,141 @@ fn publish_bgp(speaker: Option<&Speaker>, state: &AdminState) {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+/// What a reconcile reads and writes besides its input.
+struct Target<'a> {
+    plane: &'a mut Dataplane,
+    speaker: Option<&'a Speaker>,
+    model: &'a mut Incremental,
+    /// The L2 VIPs this agent wrote last; `None`: diff against the kernel's maps instead.
+    l2_written: &'a mut Option<BTreeSet<IpAddr>>,
+    announcer: &'a crate::l2::Announcer,
+    state: &'a AdminState,
 }
 
 /// Applies what the model wants for this node to the dataplane, as a delta.
 fn reconcile(
-    plane: &mut Dataplane,
-    speaker: Option<&Speaker>,
+    target: &mut Target<'_>,
     config: &Config,
-    model_config: &ModelConfig,
     snapshot: &Arc<Snapshot>,
-    state: &AdminState,
     count: u64,
 ) -> Result<(), RunError> {
-    // From scratch: the model sees the whole snapshot and the writer diffs against the kernel.
-    let desired = model::desired(&config.node_name, snapshot, model_config);
-    for warning in &desired.warnings {
-        tracing::warn!(%warning, "model");
+    // Readers of the admin endpoint wait while we hold this; letting go of the published
+    // `Desired` first lets the model update it in place instead of copying every Service.
+    let mut published = target.state.lock_reconciled();
+    let mut warned = None;
+    if let Some(previous) = published.as_mut() {
+        warned = Some(previous.desired.warnings.clone());
+        previous.desired = Arc::default();
     }
-    let entries = l2_entries(config.l2.enabled, &desired.l2, plane.attachments());
-    let delta = l2::apply(plane.ebpf_mut(), &entries)?;
+    let desired = target.model.update(snapshot).clone();
+    // Said once, when they appear (the list is usually short; it is sorted).
+    for warning in &desired.warnings {
+        if warned
+            .as_ref()
+            .is_none_or(|w| w.binary_search(warning).is_err())
+        {
+            tracing::warn!(%warning, "model");
+        }
+    }
+    let plane = &mut *target.plane;
+    let delta = apply_l2(plane, target.l2_written, config.l2.enabled, &desired.l2)?;
+    // One line per VIP for a few; a mass takeover (the first reconcile) is summed up.
+    let each = delta.added.len() + delta.removed.len() <= LOG_EACH;
+    if !each {
+        tracing::info!(
+            added = delta.added.len(),
+            removed = delta.removed.len(),
+            "L2 answering changed"
+        );
+    }
     for entry in &delta.removed {
-        tracing::info!(vip = %entry.addr, ifindex = entry.ifindex, "stopped answering");
+        if each {
+            tracing::info!(vip = %entry.addr, ifindex = entry.ifindex, "stopped answering");
+        }
     }
     for entry in &delta.added {
-        tracing::info!(vip = %entry.addr, ifindex = entry.ifindex, "answering");
+        if each {
+            tracing::info!(vip = %entry.addr, ifindex = entry.ifindex, "answering");
+        }
         if let Some(a) = plane
             .attachments()
             .iter()
             .find(|a| a.ifindex == entry.ifindex)
         {
-            crate::l2::spawn_announcements(a.interface.clone(), a.ifindex, a.mac, entry.addr);
+            target
+                .announcer
+                .announce(&a.interface, a.ifindex, a.mac, entry.addr);
         }
     }
     if let Some(delta) = plane.apply_l4(&desired.services)? {
-        for frontend in &delta.removed {
-            tracing::info!(%frontend, "stopped steering");
+        if delta.added.len() + delta.removed.len() <= LOG_EACH {
+            for frontend in &delta.removed {
+                tracing::info!(%frontend, "stopped steering");
+            }
+            for frontend in &delta.added {
+                tracing::info!(%frontend, "steering");
+            }
+        } else {
+            tracing::info!(
+                added = delta.added.len(),
+                removed = delta.removed.len(),
+                "L4 steering changed"
+            );
         }
-        for frontend in &delta.added {
-            tracing::info!(%frontend, "steering");
-        }
-        state.set_steering(plane.l4_view());
+        target.state.set_steering(plane.l4_view());
     }
-    if let Some(speaker) = speaker {
+    if let Some(speaker) = target.speaker {
         speaker.set_announcements(desired.bgp.clone());
     }
-    publish_bgp(speaker, state);
-    state.set_reconciled(Reconciled {
-        desired: Arc::new(desired),
+    publish_bgp(target.speaker, target.state);
+    *published = Some(Reconciled {
+        desired,
         snapshot: snapshot.clone(),
         count,
     });
     Ok(())
 }
 
-/// Every owned VIP on every attached interface (L2 answering is per interface).
-fn l2_entries(
+/// Brings the L2 maps to `vips` on every attachment. Diffs against `written` (what this agent
+/// wrote last: no kernel reads, cost of the change) when known, else against the kernel.
+fn apply_l2(
+    plane: &mut Dataplane,
+    written: &mut Option<BTreeSet<IpAddr>>,
     enabled: bool,
-    vips: &BTreeSet<std::net::IpAddr>,
-    attachments: &[Attachment],
-) -> BTreeSet<L2Entry> {
-    if !enabled {
-        return BTreeSet::new();
+    vips: &BTreeSet<IpAddr>,
+) -> Result<l2::L2Delta, RunError> {
+    let none = BTreeSet::new();
+    let vips = if enabled { vips } else { &none };
+    let Some(known) = written.take() else {
+        let entries = l2_entries(vips, plane.attachments());
+        let delta = l2::apply(plane.ebpf_mut(), &entries)?;
+        *written = Some(vips.clone());
+        return Ok(delta);
+    };
+    let expand = |set: Vec<IpAddr>| {
+        l2_entries(&set.into_iter().collect(), plane.attachments())
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let delta = l2::L2Delta {
+        added: expand(vips.difference(&known).copied().collect()),
+        removed: expand(known.difference(vips).copied().collect()),
+    };
+    // On error `written` stays `None`: the next reconcile diffs against the kernel.
+    l2::write(plane.ebpf_mut(), &delta)?;
+    let mut known = known;
+    for entry in &delta.removed {
+        known.remove(&entry.addr);
     }
+    for entry in &delta.added {
+        known.insert(entry.addr);
+    }
+    *written = Some(known);
+    Ok(delta)
+}
+
+/// Every VIP on every attached interface (L2 answering is per interface).
+fn l2_entries(vips: &BTreeSet<IpAddr>, attachments: &[Attachment]) -> BTreeSet<L2Entry> {
     vips.iter()
         .flat_map(|&addr| {
             attachments.iter().map(move |a| L2Entry {

@@ -112,17 +112,36 @@ impl Snapshot {
         endpoint_slices: impl IntoIterator<Item = Arc<EndpointSlice>>,
         nodes: impl IntoIterator<Item = Arc<Node>>,
     ) -> Self {
-        let mut snapshot = Self::default();
-        for service in services {
-            snapshot.insert_service(service);
+        // Collected, not inserted one by one: `BTreeMap::from_iter` sorts once (stably, so the
+        // last of two objects with one key wins, as with inserts) and builds in bulk.
+        Self {
+            services: services
+                .into_iter()
+                .filter_map(|s| Some((ObjectKey::of(&s.metadata)?, s)))
+                .collect(),
+            endpoint_slices: endpoint_slices
+                .into_iter()
+                .filter_map(|s| Some((ObjectKey::of(&s.metadata)?, s)))
+                .collect(),
+            nodes: nodes
+                .into_iter()
+                .filter_map(|n| Some((n.metadata.name.clone().filter(|n| !n.is_empty())?, n)))
+                .collect(),
         }
-        for slice in endpoint_slices {
-            snapshot.insert_endpoint_slice(slice);
+    }
+
+    /// `self == other`, cheaply: objects behind the same `Arc` are equal without a look inside
+    /// (sources keep the `Arc` of an unchanged object), so this is a pointer walk.
+    pub fn same_as(&self, other: &Self) -> bool {
+        fn same<K: Eq, V: PartialEq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
         }
-        for node in nodes {
-            snapshot.insert_node(node);
-        }
-        snapshot
+        same(&self.services, &other.services)
+            && same(&self.endpoint_slices, &other.endpoint_slices)
+            && same(&self.nodes, &other.nodes)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -106,6 +106,12 @@ impl AdminState {
         *lock(&self.reconciled) = Some(reconciled);
     }
 
+    /// The published result, locked: the run loop replaces it while readers wait (so it can
+    /// update the desired state in place, without a copy that readers could still hold).
+    pub fn lock_reconciled(&self) -> std::sync::MutexGuard<'_, Option<Reconciled>> {
+        lock(&self.reconciled)
+    }
+
     /// The BGP speaker's sessions as of now (the run loop calls this periodically).
     pub fn set_bgp(&self, peers: Vec<PeerStatus>) {
         *lock(&self.bgp) = Some(bgp::BgpSnapshot {

@@ -73,6 +73,13 @@ pub fn current(ebpf: &mut Ebpf) -> Result<BTreeSet<L2Entry>, L2Error> {
 /// Makes the kernel's pairs equal `desired`, touching only what differs.
 pub fn apply(ebpf: &mut Ebpf, desired: &BTreeSet<L2Entry>) -> Result<L2Delta, L2Error> {
     let delta = diff(&current(ebpf)?, desired);
+    write(ebpf, &delta)?;
+    Ok(delta)
+}
+
+/// Writes a delta computed elsewhere (e.g. against what this agent wrote last, which saves
+/// reading every key back from the kernel on each change).
+pub fn write(ebpf: &mut Ebpf, delta: &L2Delta) -> Result<(), L2Error> {
     // Remove first: a VIP moving between interfaces never briefly answers on both.
     for entry in &delta.removed {
         let result = match entry.addr {
@@ -88,7 +95,7 @@ pub fn apply(ebpf: &mut Ebpf, desired: &BTreeSet<L2Entry>) -> Result<L2Delta, L2
         };
         result.map_err(|source| map_error(map_name(entry), source))?;
     }
-    Ok(delta)
+    Ok(())
 }
 
 fn v4(ebpf: &mut Ebpf) -> Result<PerCpuHashMap<&mut MapData, L2Vip4Key, L2VipStats>, L2Error> {

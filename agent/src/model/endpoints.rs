@@ -14,7 +14,7 @@ use crate::snapshot::{ObjectKey, Snapshot};
 /// The label that ties an EndpointSlice to its Service (same namespace).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-type SliceRef<'a> = (&'a ObjectKey, &'a EndpointSlice);
+pub(super) type SliceRef<'a> = (&'a ObjectKey, &'a EndpointSlice);
 
 /// Slices grouped by the Service they belong to, each group in key order.
 pub(super) struct SliceIndex<'a> {

@@ -29,6 +29,7 @@
 
 mod endpoints;
 mod fnv;
+mod incremental;
 pub mod l2;
 mod nodes;
 mod services;
@@ -46,7 +47,7 @@ use std::{
 
 use ipnet::IpNet;
 
-pub use self::{nodes::NodeState, warning::Warning};
+pub use self::{incremental::Incremental, nodes::NodeState, warning::Warning};
 use crate::{
     config::Config,
     snapshot::{ObjectKey, Snapshot},

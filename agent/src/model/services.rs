@@ -82,7 +82,7 @@ pub(super) fn select<'a>(
     selected.into_iter().map(|(_, s)| s).collect()
 }
 
-fn is_ours(service: &Service, config: &ModelConfig) -> bool {
+pub(super) fn is_ours(service: &Service, config: &ModelConfig) -> bool {
     let Some(spec) = &service.spec else {
         return false;
     };
@@ -91,9 +91,9 @@ fn is_ours(service: &Service, config: &ModelConfig) -> bool {
         && spec.load_balancer_class.as_deref() == config.load_balancer_class.as_deref()
 }
 
-type CreatedAt<'a> = Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>;
+pub(super) type CreatedAt<'a> = Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>;
 
-fn normalize<'a>(
+pub(super) fn normalize<'a>(
     key: &'a ObjectKey,
     service: &'a Service,
     warnings: &mut Vec<Warning>,

@@ -7,11 +7,7 @@
 //! so a relist never looks like "everything was deleted". While the apiserver is unreachable the
 //! last snapshot stays in force and the source reports itself not ready.
 
-use std::{
-    fmt::Debug,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -32,12 +28,19 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{snapshot::Snapshot, source::SourceStatus};
+use crate::{
+    coalesce::{Coalescer, sleep_until_opt},
+    snapshot::Snapshot,
+    source::SourceStatus,
+};
 
-/// Quiet time after the last event before a snapshot is built (a relist or a rollout is a burst).
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
-/// A steady stream of events delays a snapshot by at most this much.
-const MAX_DELAY: Duration = Duration::from_millis(500);
+/// An event this long after the last snapshot was built is published at once: the reflector
+/// has already applied it to its store, so there is nothing to wait for.
+const QUIET: Duration = Duration::from_millis(10);
+/// Inside a burst (a rollout, a relist's tail), build once events stop for this long...
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// ...or at most this long after the first one.
+const MAX_DELAY: Duration = Duration::from_millis(250);
 /// How often the apiserver is probed, so "connected" recovers even when no object changes.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -102,9 +105,24 @@ pub fn spawn_kube_source(client: Client) -> KubeSource {
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let (nodes, nodes_w) = reflector::store::<Node>();
     let watchers = vec![
-        tokio::spawn(reflect(Api::all(client.clone()), services_w, tx.clone())),
-        tokio::spawn(reflect(Api::all(client.clone()), slices_w, tx.clone())),
-        tokio::spawn(reflect(Api::all(client.clone()), nodes_w, tx.clone())),
+        tokio::spawn(reflect(
+            Api::all(client.clone()),
+            services_w,
+            tx.clone(),
+            trim,
+        )),
+        tokio::spawn(reflect(
+            Api::all(client.clone()),
+            slices_w,
+            tx.clone(),
+            trim,
+        )),
+        tokio::spawn(reflect(
+            Api::all(client.clone()),
+            nodes_w,
+            tx.clone(),
+            trim_node,
+        )),
         tokio::spawn(probe(client, tx)),
     ];
     let stores = Stores {
@@ -168,11 +186,37 @@ where
     }
 }
 
+/// The apiserver's last-applied copy of an object (`kubectl apply`), never read here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops, before an object enters a store, what the model never reads but every object
+/// carries: `managedFields` (often larger than the object itself: at 10,000 Services and
+/// EndpointSlices most of the agent's memory) and kubectl's last-applied copy.
+fn trim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// [`trim`], plus the parts of a Node's status that only the kubelet and scheduler use (the
+/// image list alone is kilobytes per node).
+fn trim_node(node: &mut Node) {
+    trim(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
 /// One reflector: watcher (default backoff) into `writer`, reporting to the publisher.
 async fn reflect<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     tx: mpsc::UnboundedSender<Signal>,
+    trim: fn(&mut K),
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -180,6 +224,7 @@ async fn reflect<K>(
     let mut lists = 0u64;
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(trim)
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
@@ -227,65 +272,70 @@ async fn publish(
     status: watch::Sender<SourceStatus>,
     health: watch::Sender<KubeHealth>,
 ) {
-    let mut pending_since: Option<Instant> = None;
+    let mut coalescer = Coalescer::new(QUIET, DEBOUNCE, MAX_DELAY);
     loop {
-        let deadline = pending_since.map(|since| {
-            tokio::time::Instant::from_std((Instant::now() + DEBOUNCE).min(since + MAX_DELAY))
-        });
         let signal = tokio::select! {
             signal = rx.recv() => match signal {
                 Some(signal) => Some(signal),
                 None => return,
             },
-            () = sleep_until_opt(deadline) => None,
+            () = sleep_until_opt(coalescer.deadline()) => None,
             () = snapshots.closed() => return,
         };
-        match signal {
+        let due = match signal {
             Some(Signal::Changed) => {
                 mark_connected(&status, &health);
-                pending_since.get_or_insert_with(Instant::now);
+                coalescer.changed(tokio::time::Instant::now())
             }
-            Some(Signal::Relist) => health.send_modify(|h| h.relists += 1),
-            Some(Signal::Connected) => mark_connected(&status, &health),
+            Some(Signal::Relist) => {
+                health.send_modify(|h| h.relists += 1);
+                false
+            }
+            Some(Signal::Connected) => {
+                mark_connected(&status, &health);
+                false
+            }
             Some(Signal::Error(error)) => {
                 health.send_modify(|h| {
                     h.connected = false;
                     h.errors += 1;
                 });
                 status.send_modify(|s| s.error = Some(error));
+                false
             }
-            None => {
-                pending_since = None;
-                if !stores.synced() {
-                    continue;
-                }
-                health.send_if_modified(|h| !std::mem::replace(&mut h.synced, true));
-                let snapshot = stores.snapshot();
-                if snapshots.borrow().as_deref() == Some(&snapshot) {
-                    continue;
-                }
-                tracing::info!(
-                    services = snapshot.services.len(),
-                    slices = snapshot.endpoint_slices.len(),
-                    nodes = snapshot.nodes.len(),
-                    "cluster snapshot"
-                );
-                // Status first, so a consumer woken by the snapshot reads the matching status.
-                status.send_modify(|s| s.generation += 1);
-                snapshots.send_replace(Some(Arc::new(snapshot)));
-            }
+            None => true,
+        };
+        if !due {
+            continue;
         }
+        coalescer.acted(tokio::time::Instant::now());
+        if !stores.synced() {
+            continue;
+        }
+        health.send_if_modified(|h| !std::mem::replace(&mut h.synced, true));
+        let started = std::time::Instant::now();
+        let snapshot = stores.snapshot();
+        tracing::debug!(took_us = started.elapsed().as_micros(), "snapshot built");
+        if snapshots
+            .borrow()
+            .as_deref()
+            .is_some_and(|s| s.same_as(&snapshot))
+        {
+            continue;
+        }
+        tracing::info!(
+            services = snapshot.services.len(),
+            slices = snapshot.endpoint_slices.len(),
+            nodes = snapshot.nodes.len(),
+            "cluster snapshot"
+        );
+        // Status first, so a consumer woken by the snapshot reads the matching status.
+        status.send_modify(|s| s.generation += 1);
+        snapshots.send_replace(Some(Arc::new(snapshot)));
     }
 }
 
 fn mark_connected(status: &watch::Sender<SourceStatus>, health: &watch::Sender<KubeHealth>) {
     health.send_if_modified(|h| !std::mem::replace(&mut h.connected, true));
     status.send_if_modified(|s| s.error.take().is_some());
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

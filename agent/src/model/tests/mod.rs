@@ -3,6 +3,7 @@
 
 mod endpoints;
 mod hash;
+mod incremental;
 mod ownership;
 mod services;
 

@@ -280,6 +280,43 @@ fn replace(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&temp, dir.join(name)).unwrap();
 }
 
+/// The cached load is the plain load, whatever happens in between: edits in place (same size,
+/// within one timestamp tick), renames, removals, duplicates across files, broken files.
+#[test]
+fn the_cached_load_equals_the_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cache = DirCache::default();
+    let same = |cache: &mut DirCache| {
+        let cached = load_dir_cached(d, cache).map_err(|e| e.to_string());
+        let plain = load_dir(d).map_err(|e| e.to_string());
+        assert_eq!(cached, plain);
+        cached
+    };
+    write(d, "a.yaml", SERVICE);
+    write(d, "b.yaml", SLICE);
+    write(d, "n.yaml", NODE);
+    let first = same(&mut cache).unwrap();
+    // (Files younger than RACY, as all of these are, are parsed again on every load.)
+    assert_eq!(same(&mut cache).unwrap(), first);
+    let key = ObjectKey::new("prod", "web");
+    // Same length, same tick: still seen.
+    write(d, "a.yaml", &SERVICE.replace("192.0.2.10", "192.0.2.11"));
+    let edited = same(&mut cache).unwrap();
+    assert_ne!(
+        edited.snapshot.services[&key],
+        first.snapshot.services[&key]
+    );
+    replace(d, "b.yaml", &SLICE.replace("web-abc", "web-xyz"));
+    same(&mut cache).unwrap();
+    write(d, "c.yaml", SERVICE);
+    assert!(same(&mut cache).is_err(), "a duplicate across files");
+    write(d, "c.yaml", "garbage: [");
+    assert!(same(&mut cache).is_err());
+    std::fs::remove_file(d.join("c.yaml")).unwrap();
+    assert_eq!(same(&mut cache).unwrap().snapshot.services.len(), 1);
+}
+
 #[test]
 fn directories_read_yaml_files_in_order_and_reject_whole() {
     let dir = tempfile::tempdir().unwrap();

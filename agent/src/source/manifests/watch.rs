@@ -2,9 +2,14 @@
 //!
 //! The directory itself is watched (inotify, through `notify`), not the files, so editors that
 //! save by writing a temporary file and renaming it over the old one, and ConfigMap volumes
-//! that swap a `..data` symlink, are seen like plain writes. Events are debounced; each burst
-//! re-reads the whole directory, and only a good, different snapshot is published. When the
-//! directory cannot be watched (missing, inotify limits), it is polled instead.
+//! that swap a `..data` symlink, are seen like plain writes. Only a good, different snapshot is
+//! published. When the directory cannot be watched (missing, inotify limits), it is polled.
+//!
+//! When to re-read ([`Coalescer`]): an event that says a manifest file is complete (closed
+//! after writing, renamed into place, removed) triggers a re-read at once when the directory
+//! has been quiet; any other event (a create, a write in progress, a temporary or hidden file,
+//! a `..data` swap) is debounced ([`DEBOUNCE`]), so an editor's save dance or a half-written
+//! file is not read mid-way. Re-reads parse only the files that changed ([`DirCache`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -14,19 +19,25 @@ use std::{
 
 use notify::{
     EventKind, RecommendedWatcher, RecursiveMode, Watcher,
-    event::{AccessKind, AccessMode},
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
 };
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
-    time::{Instant, sleep, sleep_until},
+    time::{Instant, sleep},
 };
 
-use super::{Loaded, ManifestErrors, load_dir};
-use crate::{snapshot::Snapshot, source::SourceStatus};
+use super::{DirCache, Loaded, ManifestErrors, is_manifest_name, load_dir_cached};
+use crate::{
+    coalesce::{Coalescer, sleep_until_opt},
+    snapshot::Snapshot,
+    source::SourceStatus,
+};
 
-/// Quiet time after the last event before the directory is re-read.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// A completed write this long after the last re-read is read at once.
+const QUIET: Duration = Duration::from_millis(10);
+/// Quiet time after the last other event before the directory is re-read.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A steady stream of events delays a re-read by at most this much.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How often the directory is re-read while it cannot be watched.
@@ -63,6 +74,8 @@ pub fn spawn(dir: PathBuf) -> watch::Receiver<Option<Arc<Snapshot>>> {
 /// What the watcher tells the task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Signal {
+    /// A manifest file is complete: written and closed, renamed into place, or removed.
+    Settled,
     Changed,
     /// The watch itself is in doubt (directory moved or removed, queue overflow): set it up again.
     Rewatch,
@@ -82,6 +95,7 @@ fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<Re
                 return;
             }
             Ok(event) if event.paths.iter().any(|p| p == &root) => Signal::Rewatch,
+            Ok(event) if is_settled(&event) => Signal::Settled,
             Ok(_) => Signal::Changed,
         };
         // The task is gone only when nobody wants snapshots any more.
@@ -89,6 +103,22 @@ fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<Re
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether `event` says a manifest file is complete (see the module docs).
+fn is_settled(event: &notify::Event) -> bool {
+    let complete = matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Remove(_)
+    );
+    let manifest = |path: &std::path::PathBuf| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_manifest_name)
+    };
+    complete && event.paths.last().is_some_and(manifest)
 }
 
 async fn run(
@@ -99,6 +129,8 @@ async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = None;
     let mut watch_error = None;
+    let mut cache = DirCache::default();
+    let mut coalescer = Coalescer::new(QUIET, DEBOUNCE, MAX_DELAY);
     loop {
         // Watch first, then read: a change in between is seen by the next round.
         if watcher.is_none() {
@@ -116,38 +148,31 @@ async fn run(
                 }
             }
         }
-        reload(&dir, &snapshots, &status).await;
+        cache = reload(&dir, cache, &snapshots, &status).await;
+        coalescer.acted(Instant::now());
 
-        let first = if watcher.is_some() {
+        let mut rewatch = false;
+        loop {
             tokio::select! {
-                signal = rx.recv() => signal.unwrap_or(Signal::Rewatch),
+                signal = rx.recv() => match signal.unwrap_or(Signal::Rewatch) {
+                    Signal::Settled => {
+                        if coalescer.settled(Instant::now()) {
+                            break;
+                        }
+                    }
+                    Signal::Changed => coalescer.hold(Instant::now()),
+                    Signal::Rewatch => {
+                        rewatch = true;
+                        coalescer.hold(Instant::now());
+                    }
+                },
+                () = sleep_until_opt(coalescer.deadline()) => break,
+                () = sleep(POLL_INTERVAL), if watcher.is_none() => break,
                 () = snapshots.closed() => return,
             }
-        } else {
-            tokio::select! {
-                () = sleep(POLL_INTERVAL) => Signal::Rewatch,
-                () = snapshots.closed() => return,
-            }
-        };
-        if debounce(&mut rx, first).await == Signal::Rewatch {
-            watcher = None;
         }
-    }
-}
-
-/// Waits until events stop for [`DEBOUNCE`] (at most [`MAX_DELAY`]); `Rewatch` if any asked.
-async fn debounce(rx: &mut mpsc::UnboundedReceiver<Signal>, first: Signal) -> Signal {
-    let deadline = Instant::now() + MAX_DELAY;
-    let mut outcome = first;
-    loop {
-        tokio::select! {
-            signal = rx.recv() => match signal {
-                Some(Signal::Rewatch) => outcome = Signal::Rewatch,
-                Some(Signal::Changed) => {}
-                None => return Signal::Rewatch,
-            },
-            () = sleep(DEBOUNCE) => return outcome,
-            () = sleep_until(deadline) => return outcome,
+        if rewatch {
+            watcher = None;
         }
     }
 }
@@ -155,21 +180,34 @@ async fn debounce(rx: &mut mpsc::UnboundedReceiver<Signal>, first: Signal) -> Si
 /// Reads the directory; publishes a good snapshot when it differs, else keeps the last one.
 async fn reload(
     dir: &Path,
+    mut cache: DirCache,
     snapshots: &watch::Sender<Option<Arc<Snapshot>>>,
     status: &watch::Sender<SourceStatus>,
-) {
+) -> DirCache {
     let path = dir.to_owned();
-    let result = match tokio::task::spawn_blocking(move || load_dir(&path)).await {
-        Ok(result) => result,
+    let started = std::time::Instant::now();
+    let read = tokio::task::spawn_blocking(move || {
+        let result = load_dir_cached(&path, &mut cache);
+        (result, cache)
+    });
+    let (result, cache) = match read.await {
+        Ok(done) => done,
         Err(join) => {
             tracing::error!(error = %join, "reading the manifests panicked; keeping the last good snapshot");
-            return;
+            return DirCache::default();
         }
     };
+    let read_us = started.elapsed().as_micros();
     match result {
         Ok(loaded) => accept(dir, loaded, snapshots, status),
         Err(errors) => reject(dir, &errors, status),
     }
+    tracing::debug!(
+        read_us,
+        took_us = started.elapsed().as_micros(),
+        "manifests re-read"
+    );
+    cache
 }
 
 fn accept(
@@ -186,7 +224,10 @@ fn accept(
     );
     // This task is the only sender: compare, then update the status before publishing, so a
     // consumer woken by the snapshot reads the matching status.
-    let changed = snapshots.borrow().as_deref() != Some(&snapshot);
+    let changed = !snapshots
+        .borrow()
+        .as_deref()
+        .is_some_and(|s| s.same_as(&snapshot));
     let recovered = status.borrow().error.is_some();
     if changed || recovered {
         for warning in &warnings {
