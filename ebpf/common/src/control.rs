@@ -8,7 +8,8 @@ pub const CONTRACT_VERSION: u32 = 2;
 /// The single value (index 0) of `vipwire_control_v1`, an `ARRAY` of one entry.
 ///
 /// The program answers only while `contract_version == CONTRACT_VERSION` and
-/// `|now - heartbeat_ns| <= stale_after_ns`, where `now` is `bpf_ktime_get_ns()`, i.e.
+/// `|now - heartbeat_ns| <= stale_after_ns`, where `now` is `bpf_ktime_get_coarse_ns()` (one tick
+/// behind at most), i.e.
 /// `CLOCK_MONOTONIC`. An entry that was never written (`heartbeat_ns == 0`) is stale, so a
 /// freshly loaded program answers nothing until the agent writes its first heartbeat.
 #[repr(C)]

@@ -37,6 +37,10 @@ pub fn forward_key(scratch: &mut Scratch, ports: [u8; 4]) {
 /// kube-proxy's conntrack). `None`: a new flow (or its backend is gone).
 #[inline(never)]
 pub fn established_packet(scratch: &mut Scratch) -> u64 {
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value the 40-byte key would be copied onto the BPF stack"
+    )]
     let Some(entry) = maps::CONNTRACK.get_ptr(&scratch.ct) else {
         return Verdict::NONE;
     };
