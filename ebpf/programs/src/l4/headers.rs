@@ -90,8 +90,9 @@ impl Ip {
 #[inline(always)]
 pub fn ipv4_dst_folded(ctx: &XdpContext) -> Option<u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
-    // SAFETY: bounds-checked by ptr_at; an unaligned read of the 4 address bytes.
-    let dst = unsafe { core::ptr::read_unaligned((&raw const (*ip).dst).cast::<u32>()) };
+    // SAFETY: ptr_at checked the whole IPv4 header, which holds the destination at 16..20.
+    // One load (crate::words) instead of four byte loads: this runs for every IPv4 packet.
+    let dst = unsafe { crate::words::load32::<16>(ip.cast::<u8>()) };
     // The IPv4-mapped prefix's only non-zero word is ::ffff.
     Some(u32::from_ne_bytes([0, 0, 0xff, 0xff]) ^ dst)
 }
