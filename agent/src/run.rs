@@ -348,7 +348,16 @@ fn reconcile(
                 .announce(&a.interface, a.ifindex, a.mac, entry.addr);
         }
     }
-    if let Some(delta) = plane.apply_l4(&desired.services)? {
+    // A full map or a failed write must not stop the agent (L2, BGP and the flows already
+    // steered go on): say so, and try again from the maps' real content next time.
+    let l4 = plane.apply_l4(&desired.services).unwrap_or_else(|err| {
+        tracing::error!(
+            error = %crate::error_chain(&err),
+            "L4 maps not fully written; retrying at the next reconcile"
+        );
+        None
+    });
+    if let Some(delta) = l4 {
         if delta.added.len() + delta.removed.len() <= LOG_EACH {
             for frontend in &delta.removed {
                 tracing::info!(%frontend, "stopped steering");

@@ -131,6 +131,8 @@ pub struct Dataplane {
     writer: Option<L4Writer>,
     /// When the L4 writer last re-read the maps.
     l4_read_at: std::time::Instant,
+    /// An L4 apply failed part way: the next one re-reads the maps before planning.
+    l4_stale: bool,
 }
 
 /// How often the L4 writer re-reads the maps instead of trusting its mirror, repairing
@@ -179,6 +181,7 @@ impl Dataplane {
             reply_links: BTreeSet::new(),
             writer: None,
             l4_read_at: std::time::Instant::now(),
+            l4_stale: false,
         })
     }
 
@@ -338,10 +341,14 @@ impl Dataplane {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(None);
         };
-        if self.l4_read_at.elapsed() >= L4_REREAD {
+        // After a failed apply the kernel may hold part of a plan: read it back first.
+        if self.l4_stale || self.l4_read_at.elapsed() >= L4_REREAD {
+            self.l4_stale = true;
             writer.resync(&mut self.ebpf)?;
             self.l4_read_at = std::time::Instant::now();
+            self.l4_stale = false;
         }
+        self.l4_stale = true;
         let plan = writer.plan(desired)?;
         let mut before: BTreeSet<u32> = writer.devices();
         before.extend(plan.devices.iter().copied());
@@ -355,6 +362,7 @@ impl Dataplane {
         for ifindex in &reply.detached {
             tracing::info!(ifindex, "reply program detached");
         }
+        self.l4_stale = false;
         Ok(Some(delta))
     }
 

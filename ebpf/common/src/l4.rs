@@ -32,7 +32,7 @@ pub const SERVICES_MAX_ENTRIES: u32 = 65536;
 /// Service ids are `1..SERVICE_IDS`; the per-service stats array is indexed by id.
 pub const SERVICE_IDS: u32 = 65536;
 /// `max_entries` of `vipwire_backends_v1`.
-pub const BACKENDS_MAX_ENTRIES: u32 = 65536;
+pub const BACKENDS_MAX_ENTRIES: u32 = 262144;
 /// `max_entries` of `vipwire_maglev_v1` (chunks; allocated on insert, not up front).
 pub const MAGLEV_MAX_ENTRIES: u32 = 131072;
 /// `max_entries` of `vipwire_conntrack_v1` (an LRU: two entries per flow).
