@@ -213,6 +213,9 @@ async fn agent(
             _ = ticker.tick() => {
                 heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
                 publish_bgp(speaker.as_ref(), &state);
+                if let Some(view) = plane.take_l4_view(true) {
+                    state.set_steering(view);
+                }
             }
             changed = input.snapshots.changed(), if source_alive => {
                 if changed.is_err() {
@@ -372,7 +375,9 @@ fn reconcile(
                 "L4 steering changed"
             );
         }
-        target.state.set_steering(plane.l4_view());
+        if let Some(view) = plane.take_l4_view(false) {
+            target.state.set_steering(view);
+        }
     }
     if let Some(speaker) = target.speaker {
         speaker.set_announcements(desired.bgp.clone());

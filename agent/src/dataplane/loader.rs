@@ -133,8 +133,13 @@ pub struct Dataplane {
     l4_read_at: std::time::Instant,
     /// An L4 apply failed part way: the next one re-reads the maps before planning.
     l4_stale: bool,
+    /// The steering view changed since the admin endpoint last got it, at `l4_view_at`.
+    l4_view_dirty: bool,
+    l4_view_at: std::time::Instant,
 }
 
+/// The admin endpoint's steering view is rebuilt at most this often on the change path.
+const L4_VIEW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the L4 writer re-reads the maps instead of trusting its mirror, repairing
 /// entries edited behind its back (the run loop's periodic resync interval).
 const L4_REREAD: std::time::Duration = std::time::Duration::from_secs(300);
@@ -182,6 +187,8 @@ impl Dataplane {
             writer: None,
             l4_read_at: std::time::Instant::now(),
             l4_stale: false,
+            l4_view_dirty: false,
+            l4_view_at: std::time::Instant::now(),
         })
     }
 
@@ -363,12 +370,26 @@ impl Dataplane {
             tracing::info!(ifindex, "reply program detached");
         }
         self.l4_stale = false;
+        self.l4_view_dirty = true;
         Ok(Some(delta))
     }
 
     /// The steered services as last written (empty without L4).
     pub fn l4_view(&self) -> Vec<ServiceView> {
         self.writer.as_ref().map(L4Writer::view).unwrap_or_default()
+    }
+
+    /// The steering view for the admin endpoint, if it changed since the last one taken and
+    /// (unless `force`) that was at least [`L4_VIEW_EVERY`] ago. Building it walks every
+    /// frontend, so a stream of single changes must not pay for it each time: the heartbeat
+    /// tick publishes what is left (`force`).
+    pub fn take_l4_view(&mut self, force: bool) -> Option<Vec<ServiceView>> {
+        if !self.l4_view_dirty || (!force && self.l4_view_at.elapsed() < L4_VIEW_EVERY) {
+            return None;
+        }
+        self.l4_view_dirty = false;
+        self.l4_view_at = std::time::Instant::now();
+        Some(self.l4_view())
     }
 
     pub fn attachments(&self) -> &[Attachment] {
