@@ -11,6 +11,8 @@ pub mod model;
 pub mod run;
 pub mod snapshot;
 pub mod source;
+#[cfg(test)]
+mod test_rng;
 
 /// `outer: inner: innermost` on one line: every error the agent prints is one line.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

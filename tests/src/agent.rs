@@ -42,6 +42,13 @@ pub fn run(ns: &Netns, args: &[&str]) -> Output {
         .expect("running vipwire")
 }
 
+/// A Node manifest for `name`, Ready: what makes the agent's node eligible in manifests mode.
+pub fn ready_node_manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
+    )
+}
+
 /// A loopback address:port free right now, for the agent's `--admin` (it binds it a moment
 /// later).
 pub fn free_loopback_port() -> std::net::SocketAddr {

@@ -27,8 +27,6 @@ fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     vipwire::admin::client::get(admin, path).ok()
 }
 
-const NODE_YAML: &str = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n";
-
 fn service_yaml(name: &str, vip: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n    protocol: TCP\n    targetPort: 8080\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: \"{vip}\"\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"10.244.0.10\"]\n  nodeName: {NODE}\n  conditions:\n    ready: true\n"
@@ -92,7 +90,11 @@ fn readyz_metrics_status_fallback_and_doctor() {
 
     // Good input: ready.
     std::fs::remove_file(manifests.join("broken.yaml")).unwrap();
-    std::fs::write(manifests.join("node.yaml"), NODE_YAML).unwrap();
+    std::fs::write(
+        manifests.join("node.yaml"),
+        agent::ready_node_manifest(NODE),
+    )
+    .unwrap();
     std::fs::write(
         manifests.join("web.yaml"),
         service_yaml("web", "203.0.113.10"),

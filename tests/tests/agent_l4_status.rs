@@ -22,8 +22,6 @@ use testkit::{
 
 const NODE: &str = "node-a";
 const TIMEOUT: Duration = Duration::from_secs(20);
-const NODE_YAML: &str = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n";
-
 fn pod_ip() -> String {
     let pid = std::process::id();
     format!("10.{}.{}.7", 150 + pid % 50, pid / 50 % 250)
@@ -93,7 +91,11 @@ fn steered_service_in_status_metrics_and_after_restart() {
         .ifindex;
     let bpffs = BpffsDir::new("l4status");
     let admin = agent::free_loopback_port();
-    std::fs::write(manifests.join("node.yaml"), NODE_YAML).unwrap();
+    std::fs::write(
+        manifests.join("node.yaml"),
+        agent::ready_node_manifest(NODE),
+    )
+    .unwrap();
     let web = manifests.join("web.yaml");
     std::fs::write(&web, service_yaml("203.0.113.30", &pod_ip, false)).unwrap();
     let mut agent = start_agent(dir.path(), &uplink, &bpffs, admin);

@@ -16,9 +16,9 @@ const VIP: &str = "203.0.113.30";
 const ROUTE_WAIT: Duration = Duration::from_secs(30);
 
 fn write_manifests(dir: &Path, endpoint_node: &str) {
+    let node = testkit::agent::ready_node_manifest(NODE);
     let text = format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n\
----\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports:\n  - port: 80\n    protocol: TCP\n    targetPort: 8080\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: \"{VIP}\"\n\
+        "{node}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports:\n  - port: 80\n    protocol: TCP\n    targetPort: 8080\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: \"{VIP}\"\n\
 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nports:\n- port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"10.244.0.10\"]\n  nodeName: {endpoint_node}\n  conditions:\n    ready: true\n"
     );
     // Write then rename, so the agent never reads a half-written file.

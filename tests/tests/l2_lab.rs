@@ -33,12 +33,6 @@ struct Lab {
     manifests: std::path::PathBuf,
 }
 
-fn node_manifest(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
-    )
-}
-
 /// A LoadBalancer Service with `ips` as its ingress, and an EndpointSlice with one ready
 /// endpoint on this node (a Service with no endpoint anywhere is announced by nobody).
 fn service_manifest(name: &str, ips: &[&str]) -> String {
@@ -76,7 +70,11 @@ fn lab(name: &str) -> Lab {
     client2.pass_all_xdp("eth0");
     let manifests = lab.path("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    std::fs::write(manifests.join("node.yaml"), node_manifest(NODE)).unwrap();
+    std::fs::write(
+        manifests.join("node.yaml"),
+        agent::ready_node_manifest(NODE),
+    )
+    .unwrap();
     std::fs::write(
         manifests.join("web.yaml"),
         service_manifest("web", &[&VIP.to_string(), VIP6]),

@@ -34,7 +34,10 @@ pub struct Manifests {
 impl Manifests {
     pub fn new(dir: PathBuf) -> Self {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        write_atomically(&dir.join("node.yaml"), &node(NODE_NAME));
+        write_atomically(
+            &dir.join("node.yaml"),
+            &crate::agent::ready_node_manifest(NODE_NAME),
+        );
         Self {
             dir,
             endpoints: BTreeMap::new(),
@@ -84,12 +87,6 @@ fn write_atomically(path: &Path, text: &str) {
     let temp = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&temp, text).unwrap_or_else(|e| panic!("writing {}: {e}", temp.display()));
     std::fs::rename(&temp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
-}
-
-pub fn node(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
-    )
 }
 
 /// The Service (named ports, both VIPs, Local policy) and one EndpointSlice per family.
@@ -157,7 +154,11 @@ mod tests {
             ready: true,
             terminating: false,
         };
-        let text = format!("{}---\n{}", node(NODE_NAME), service(&[&a]));
+        let text = format!(
+            "{}---\n{}",
+            crate::agent::ready_node_manifest(NODE_NAME),
+            service(&[&a])
+        );
         let loaded = vipwire::source::manifests::load_str(Path::new("web.yaml"), &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);

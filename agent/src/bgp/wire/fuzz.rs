@@ -3,22 +3,7 @@
 //! length usually fixed up so the parser gets past framing. No panic allowed.
 
 use super::*;
-
-/// xorshift64*: deterministic, so a failure reproduces from the printed iteration.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 fn seeds() -> Vec<Vec<u8>> {
     let attrs = Attributes {

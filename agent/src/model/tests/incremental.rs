@@ -10,31 +10,8 @@ use super::{Cond, DRAINING, NOT_READY, READY, TERMINATED, cfg, node, slice, svc}
 use crate::{
     model::{Incremental, ModelConfig, Warning, desired},
     snapshot::Snapshot,
+    test_rng::Rng,
 };
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
 
 const SERVICES: [&str; 6] = ["a/s0", "a/s1", "a/s2", "b/s0", "b/s1", "b/s2"];
 const VIPS: [&str; 6] = [

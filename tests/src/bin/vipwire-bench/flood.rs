@@ -98,7 +98,11 @@ pub fn measure(report: &mut Report) {
 
     let manifests = lab.path("manifests");
     std::fs::create_dir(&manifests).expect("creating the manifests dir");
-    std::fs::write(manifests.join("node.yaml"), node_manifest()).expect("writing node.yaml");
+    std::fs::write(
+        manifests.join("node.yaml"),
+        testkit::agent::ready_node_manifest(NODE_NAME),
+    )
+    .expect("writing node.yaml");
     let service = manifests.join("web.yaml");
     std::fs::write(&service, service_manifest()).expect("writing web.yaml");
     let probe = packets::padded(&Arp::probe(client.mac("eth0"), VIP).build());
@@ -546,12 +550,6 @@ fn eth0_rx_packets(ns: &Netns) -> u64 {
         .map(|f| f.parse().expect("a numeric net/dev field"))
         .collect();
     fields[1]
-}
-
-fn node_manifest() -> String {
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE_NAME}\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
-    )
 }
 
 /// A LoadBalancer Service with [`VIP`] and one ready endpoint on this node.

@@ -197,9 +197,7 @@ pub(super) fn manifests_runs(binary: &Path, veth: &HostVeth) -> Vec<Run> {
 
 fn write_manifests(dir: &Path, services: usize) {
     std::fs::create_dir_all(dir).expect("creating the manifests dir");
-    let node = format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\nstatus:\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
-    );
+    let node = testkit::agent::ready_node_manifest(NODE);
     std::fs::write(dir.join("node.yaml"), node).expect("writing node.yaml");
     let churned = CHANGES / 2;
     for i in 0..churned.min(services) {
