@@ -10,6 +10,11 @@
 //!
 //! Callers guarantee that `OFF + size` bytes from `frame` lie inside the packet, as checked
 //! by [`crate::parse::ptr_at`] on the same pointer.
+//!
+//! The same loads and stores copy 16-byte addresses between the packet and map values (the
+//! per-CPU scratch slot, conntrack and backend entries): an `[u8; 16]` assignment there
+//! becomes sixteen byte copies, or a call to a byte-wise `memmove` when LLVM cannot tell the
+//! two apart. Never on the BPF stack: the verifier checks stack alignment on every CPU.
 
 use core::arch::asm;
 
@@ -87,5 +92,36 @@ pub unsafe fn store32<const OFF: usize>(frame: *mut u8, value: u32) {
             off = const OFF,
             options(nostack, preserves_flags),
         );
+    }
+}
+
+/// Copies the 16 bytes at `src` to `dst` as two words.
+///
+/// # Safety
+/// Both ranges must lie inside the packet or a map value (not the BPF stack).
+#[inline(always)]
+pub unsafe fn copy16(dst: *mut [u8; 16], src: *const [u8; 16]) {
+    let (dst, src) = (dst.cast::<u8>(), src.cast::<u8>());
+    // SAFETY: the caller's ranges.
+    unsafe {
+        let (low, high) = (load64::<0>(src), load64::<8>(src));
+        store64::<0>(dst, low);
+        store64::<8>(dst, high);
+    }
+}
+
+/// Writes the IPv4-mapped address (`::ffff:a.b.c.d`) of `v4`, the IPv4 address as
+/// [`load32`] returns it, to `dst`.
+///
+/// # Safety
+/// As for [`copy16`]'s `dst`.
+#[inline(always)]
+pub unsafe fn store_v4_mapped(dst: *mut [u8; 16], v4: u32) {
+    let dst = dst.cast::<u8>();
+    let mapped = u64::from(u32::from_le_bytes([0, 0, 0xff, 0xff])) | u64::from(v4) << 32;
+    // SAFETY: the caller's range.
+    unsafe {
+        store64::<0>(dst, 0);
+        store64::<8>(dst, mapped);
     }
 }

@@ -13,22 +13,32 @@ use super::{
     headers::{Fragment, Ip},
     maps::{self, Scratch},
 };
-use crate::Verdict;
+use crate::{Verdict, words};
 
 /// The conntrack key of a packet to a VIP, into the scratch slot.
 #[inline(always)]
 pub fn forward_key(scratch: &mut Scratch, ports: [u8; 4]) {
+    let ct = &raw mut scratch.ct;
     let ip = &scratch.ip;
-    scratch.ct = CtKey {
-        src_be: ip.src,
-        dst_be: ip.dst,
-        sport_be: [ports[0], ports[1]],
-        dport_be: [ports[2], ports[3]],
-        proto: ip.proto,
-        dir: CT_FORWARD,
-        _pad: [0; 2],
-    };
+    let tail = u64::from(u32::from_ne_bytes(ports))
+        | u64::from(ip.proto) << 32
+        | u64::from(CT_FORWARD) << 40;
+    // SAFETY: all in the scratch map value; `tail` covers ports, proto, dir and padding.
+    unsafe {
+        words::copy16(&raw mut (*ct).src_be, &raw const ip.src);
+        words::copy16(&raw mut (*ct).dst_be, &raw const ip.dst);
+        words::store64::<CT_KEY_TAIL>(ct.cast(), tail);
+    }
 }
+
+/// Where [`CtKey`]'s ports start: ports, protocol, direction and padding are one word.
+const CT_KEY_TAIL: usize = core::mem::offset_of!(CtKey, sport_be);
+const _: () = {
+    assert!(CT_KEY_TAIL == 32 && size_of::<CtKey>() == CT_KEY_TAIL + 8);
+    assert!(core::mem::offset_of!(CtKey, dport_be) == CT_KEY_TAIL + 2);
+    assert!(core::mem::offset_of!(CtKey, proto) == CT_KEY_TAIL + 4);
+    assert!(core::mem::offset_of!(CtKey, dir) == CT_KEY_TAIL + 5);
+};
 
 /// A packet of an established flow (`scratch.ct` in conntrack, its backend still there):
 /// aimed at that backend, without looking at the service again. Checked first because it is
@@ -73,7 +83,7 @@ pub fn new_flow(scratch: &mut Scratch, ports: [u8; 4], service: &ServiceValue) -
         count(stats, |s| s.no_backend += 1);
         return Verdict::pass(Reason::NoBackend);
     };
-    track(&scratch.ct, service.id, picked, backend);
+    track(scratch, service.id, picked, backend);
     count(stats, |s| s.new_flows += 1);
     if let Fragment::First { id } = scratch.ip.fragment {
         remember_fragment(scratch, id, picked, service.id);
@@ -92,7 +102,8 @@ fn aim(
     service_id: u32,
     port: bool,
 ) {
-    scratch.target.addr = backend.addr_be;
+    // SAFETY: both in map values.
+    unsafe { words::copy16(&raw mut scratch.target.addr, &raw const backend.addr_be) };
     scratch.target.port = backend.port_be;
     scratch.target.rewrite_port = u8::from(port);
     scratch.target.backend_id = backend_id;
@@ -194,37 +205,50 @@ fn maglev(ip: &Ip, ports: [u8; 4], service: &ServiceValue) -> u32 {
     maps::maglev_backend(service.id, slot)
 }
 
-/// Both conntrack entries of a new flow. A full LRU evicts its oldest entries.
+/// Both conntrack entries of a new flow (`scratch.ct` is the forward key), built in the
+/// scratch slot: on the BPF stack each address would be copied byte by byte. A full LRU
+/// evicts its oldest entries.
 #[inline(never)]
-fn track(forward: &CtKey, service_id: u32, backend_id: u32, backend: *const BackendValue) {
+fn track(scratch: &mut Scratch, service_id: u32, backend_id: u32, backend: *const BackendValue) {
     // SAFETY: a map value pointer from a successful lookup, valid for this program run.
     let backend = unsafe { &*backend };
-    let value = CtValue {
-        backend_id,
-        service_id,
-        nat_addr_be: [0; 16],
-        nat_port_be: [0; 2],
-        _pad: [0; 6],
-    };
-    let _ = maps::CONNTRACK.insert(forward, value, 0);
-    let reverse = CtKey {
-        src_be: backend.addr_be,
-        dst_be: forward.src_be,
-        sport_be: backend.port_be,
-        dport_be: forward.sport_be,
-        proto: forward.proto,
-        dir: CT_REVERSE,
-        _pad: [0; 2],
-    };
-    let value = CtValue {
-        backend_id,
-        service_id,
-        nat_addr_be: forward.dst_be,
-        nat_port_be: forward.dport_be,
-        _pad: [0; 6],
-    };
-    let _ = maps::CONNTRACK.insert(reverse, value, 0);
+    let forward = &raw const scratch.ct;
+    let reverse = &raw mut scratch.reverse;
+    let value = &raw mut scratch.value;
+    // SAFETY: every pointer is into the scratch slot or the backend's map value; the word
+    // stores cover exactly the fields named beside them (layouts asserted below).
+    unsafe {
+        (*value).backend_id = backend_id;
+        (*value).service_id = service_id;
+        // Forward: no address to restore.
+        words::store64::<CT_VALUE_NAT>(value.cast(), 0);
+        words::store64::<{ CT_VALUE_NAT + 8 }>(value.cast(), 0);
+        words::store64::<{ CT_VALUE_NAT + 16 }>(value.cast(), 0);
+        let _ = maps::CONNTRACK.insert(&*forward, &*value, 0);
+
+        // Reverse: backend → client, restoring the frontend.
+        words::copy16(&raw mut (*reverse).src_be, &raw const backend.addr_be);
+        words::copy16(&raw mut (*reverse).dst_be, &raw const (*forward).src_be);
+        let tail = u64::from(u16::from_ne_bytes(backend.port_be))
+            | u64::from(u16::from_ne_bytes((*forward).sport_be)) << 16
+            | u64::from((*forward).proto) << 32
+            | u64::from(CT_REVERSE) << 40;
+        words::store64::<CT_KEY_TAIL>(reverse.cast(), tail);
+        words::copy16(&raw mut (*value).nat_addr_be, &raw const (*forward).dst_be);
+        words::store64::<{ CT_VALUE_NAT + 16 }>(
+            value.cast(),
+            u64::from(u16::from_ne_bytes((*forward).dport_be)),
+        );
+        let _ = maps::CONNTRACK.insert(&*reverse, &*value, 0);
+    }
 }
+
+/// Where [`CtValue`]'s address to restore starts; the port and padding follow it in one word.
+const CT_VALUE_NAT: usize = core::mem::offset_of!(CtValue, nat_addr_be);
+const _: () = {
+    assert!(CT_VALUE_NAT == 8 && size_of::<CtValue>() == CT_VALUE_NAT + 24);
+    assert!(core::mem::offset_of!(CtValue, nat_port_be) == CT_VALUE_NAT + 16);
+};
 
 #[inline(always)]
 fn frag_key(ip: &Ip, id: u32) -> FragKey {

@@ -5,9 +5,11 @@
 //! routing without segments left, fragment, AH) are walked, at most [`MAX_EXT_HEADERS`].
 
 use aya_ebpf::programs::XdpContext;
-use vipwire_common::l4::v4_mapped;
 
-use crate::parse::{ETH_HLEN, ptr_at};
+use crate::{
+    parse::{ETH_HLEN, ptr_at},
+    words,
+};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
@@ -92,7 +94,7 @@ pub fn ipv4_dst_folded(ctx: &XdpContext) -> Option<u32> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: ptr_at checked the whole IPv4 header, which holds the destination at 16..20.
     // One load (crate::words) instead of four byte loads: this runs for every IPv4 packet.
-    let dst = unsafe { crate::words::load32::<16>(ip.cast::<u8>()) };
+    let dst = unsafe { words::load32::<16>(ip.cast::<u8>()) };
     // The IPv4-mapped prefix's only non-zero word is ::ffff.
     Some(u32::from_ne_bytes([0, 0, 0xff, 0xff]) ^ dst)
 }
@@ -138,11 +140,13 @@ pub fn ipv4(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
         Fragment::Whole
     };
     out.v6 = false;
-    // Field by field: building the mapped arrays first would copy them through the stack.
-    out.src = v4_mapped([0; 4]);
-    out.src[12..].copy_from_slice(&hdr.src);
-    out.dst = v4_mapped([0; 4]);
-    out.dst[12..].copy_from_slice(&hdr.dst);
+    // SAFETY: ptr_at checked the whole header (source at 12, destination at 16); `out` is in
+    // a map value.
+    unsafe {
+        let frame = ip.cast::<u8>();
+        words::store_v4_mapped(&raw mut out.src, words::load32::<12>(frame));
+        words::store_v4_mapped(&raw mut out.dst, words::load32::<16>(frame));
+    }
     out.proto = hdr.proto;
     out.l4 = ETH_HLEN + ihl * 4;
     out.fragment = fragment;
@@ -210,8 +214,11 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
         return None;
     }
     out.v6 = true;
-    out.src = hdr.src;
-    out.dst = hdr.dst;
+    // SAFETY: inside the header ptr_at checked; `out` is in a map value.
+    unsafe {
+        words::copy16(&raw mut out.src, &raw const hdr.src);
+        words::copy16(&raw mut out.dst, &raw const hdr.dst);
+    }
     out.proto = proto;
     out.l4 = offset;
     out.fragment = fragment;

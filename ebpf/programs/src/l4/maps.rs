@@ -109,6 +109,9 @@ pub fn maybe_vip(folded: u32) -> bool {
 pub struct Scratch {
     pub ip: Ip,
     pub ct: CtKey,
+    /// A new flow's reverse conntrack key and the value of both its entries.
+    pub reverse: CtKey,
+    pub value: CtValue,
     pub frag: FragKey,
     /// Where a steered packet goes: filled by the flow lookup, applied by the DNAT.
     pub target: Target,

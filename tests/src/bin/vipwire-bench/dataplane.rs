@@ -51,17 +51,29 @@ const CALLS_PER_ROUND: u32 = 100_000;
 const CALL_ROUNDS: u32 = 10;
 
 pub fn measure() -> Report {
+    // For working on one part: VIPWIRE_BENCH_DATAPLANE_ONLY=l2cost|l4cost|flood|l4lab (the
+    // others are skipped).
+    let only = std::env::var("VIPWIRE_BENCH_DATAPLANE_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only == part;
     let mut report = Report::new("dataplane");
-    prog_run(&mut report);
-    let empty = load_pass_all();
-    let empty: &Xdp = empty
-        .program(programs::XDP_PASS_ALL)
-        .expect("the object has the pass-all program")
-        .try_into()
-        .expect("XDP");
-    crate::l4cost::measure(&mut report, empty);
-    flood::measure(&mut report);
-    crate::l4lab::measure(&mut report);
+    if run("l2cost") {
+        prog_run(&mut report);
+    }
+    if run("l4cost") {
+        let empty = load_pass_all();
+        let empty: &Xdp = empty
+            .program(programs::XDP_PASS_ALL)
+            .expect("the object has the pass-all program")
+            .try_into()
+            .expect("XDP");
+        crate::l4cost::measure(&mut report, empty);
+    }
+    if run("flood") {
+        flood::measure(&mut report);
+    }
+    if run("l4lab") {
+        crate::l4lab::measure(&mut report);
+    }
     report
 }
 
