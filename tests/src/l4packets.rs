@@ -13,6 +13,9 @@ pub const UDP: u8 = 17;
 pub const SCTP: u8 = 132;
 pub const ICMP: u8 = 1;
 pub const ICMPV6: u8 = 58;
+/// TCP flags: a connection request, and a segment of an established connection.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 const IPV6_DSTOPTS: u8 = 60;
 const IPV6_FRAGMENT: u8 = 44;
 
@@ -45,6 +48,8 @@ pub struct Shape<'a> {
     pub dest_opts: bool,
     /// UDP only: send checksum 0 (IPv4: "no checksum").
     pub udp_zero_checksum: bool,
+    /// TCP only: the flags byte.
+    pub tcp_flags: u8,
 }
 
 impl Default for Shape<'_> {
@@ -54,6 +59,7 @@ impl Default for Shape<'_> {
             frag: Frag::Whole,
             dest_opts: false,
             udp_zero_checksum: false,
+            tcp_flags: TCP_SYN,
         }
     }
 }
@@ -62,14 +68,23 @@ pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0c];
 pub const NODE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0d];
 
 impl Flow {
+    /// The flow's first packet (for TCP a SYN).
     pub fn frame(&self) -> Vec<u8> {
         self.frame_with(Shape::default())
+    }
+
+    /// A later packet of the flow (for TCP an ACK; other protocols as [`Flow::frame`]).
+    pub fn later_frame(&self) -> Vec<u8> {
+        self.frame_with(Shape {
+            tcp_flags: TCP_ACK,
+            ..Shape::default()
+        })
     }
 
     pub fn frame_with(&self, shape: Shape<'_>) -> Vec<u8> {
         let segment = match shape.frag {
             Frag::Later(_) => shape.payload.to_vec(),
-            _ => self.segment(shape.payload, shape.udp_zero_checksum),
+            _ => self.segment(&shape),
         };
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
@@ -116,7 +131,8 @@ impl Flow {
     }
 
     /// The upper-layer segment with a correct checksum.
-    pub fn segment(&self, payload: &[u8], udp_zero_checksum: bool) -> Vec<u8> {
+    pub fn segment(&self, shape: &Shape<'_>) -> Vec<u8> {
+        let (payload, udp_zero_checksum) = (shape.payload, shape.udp_zero_checksum);
         let mut seg = Vec::new();
         seg.extend_from_slice(&self.sport.to_be_bytes());
         seg.extend_from_slice(&self.dport.to_be_bytes());
@@ -124,7 +140,7 @@ impl Flow {
             TCP => {
                 seg.extend_from_slice(&1u32.to_be_bytes()); // seq
                 seg.extend_from_slice(&0u32.to_be_bytes()); // ack
-                seg.extend_from_slice(&[0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]); // SYN
+                seg.extend_from_slice(&[0x50, shape.tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]);
                 seg.extend_from_slice(payload);
                 let sum = l4_checksum(self.src, self.dst, TCP, &seg);
                 seg[16..18].copy_from_slice(&sum.to_be_bytes());

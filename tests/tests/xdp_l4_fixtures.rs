@@ -231,8 +231,8 @@ fn new_flow_is_tracked_in_both_directions() {
     assert_eq!(rev.nat_port_be, 80u16.to_be_bytes());
     let stats = service_stats(&mut h, 1);
     assert_eq!((stats.new_flows, stats.packets), (1, 1), "{stats:?}");
-    // A second packet of the flow is not a new flow.
-    h.run(&f.frame(), LO_IFINDEX);
+    // A later packet of the flow is not a new flow.
+    h.run(&f.later_frame(), LO_IFINDEX);
     assert_eq!(service_stats(&mut h, 1).new_flows, 1);
 }
 
@@ -249,15 +249,37 @@ fn established_flow_keeps_its_backend_until_it_is_gone() {
     };
     // The endpoint set changes: every slot now names the other backend.
     fill_maglev(&mut h, 10, 2039, &[other.0]);
-    let again = steer(&mut h, &f.frame());
+    let again = steer(&mut h, &f.later_frame());
     assert_eq!(verify(&again).dst, first_dst, "established flow stays");
     let new = steer(&mut h, &flow(CLIENT4, VIP4, 42001, 7001, TCP).frame());
     assert_eq!(verify(&new).dst, ip(other.1), "new flows follow the table");
     // Its backend is removed: the flow is re-balanced.
     let gone = if other.0 == 11 { 14 } else { 11 };
     remove_backend(&mut h, gone);
-    let moved = steer(&mut h, &f.frame());
+    let moved = steer(&mut h, &f.later_frame());
     assert_eq!(verify(&moved).dst, ip(other.1), "re-balanced");
+}
+
+#[test]
+fn a_syn_starts_over_on_the_current_table() {
+    let mut h = setup();
+    let f = flow(CLIENT4, VIP4, 42100, 7001, TCP);
+    let first_dst = verify(&steer(&mut h, &f.frame())).dst;
+    let other = if first_dst == ip("10.244.0.11") {
+        (14, "10.244.0.14")
+    } else {
+        (11, "10.244.0.11")
+    };
+    fill_maglev(&mut h, 10, 2039, &[other.0]);
+    // A SYN asks for a new connection: it is not looked up in conntrack (a retransmitted
+    // SYN across an endpoint change starts over on the new backend), and the flow's
+    // entries then name the new backend, both ways.
+    let retry = steer(&mut h, &f.frame());
+    assert_eq!(verify(&retry).dst, ip(other.1), "the SYN follows the table");
+    let later = steer(&mut h, &f.later_frame());
+    assert_eq!(verify(&later).dst, ip(other.1), "conntrack follows the SYN");
+    let stats = service_stats(&mut h, 10);
+    assert_eq!(stats.new_flows, 2, "{stats:?}");
 }
 
 #[test]

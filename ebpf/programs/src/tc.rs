@@ -12,6 +12,8 @@
 //! Checksums here go through the skb helpers: a reply from a pod is usually
 //! CHECKSUM_PARTIAL (the field holds only the pseudo-header sum), which they handle.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -88,10 +90,11 @@ fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
     let Some(src) = packet_src(ctx) else {
         return TC_ACT_OK;
     };
-    let mut fib = fib_params(&src, &backend.addr_be, ctx);
-    match fib_lookup(ctx, &mut fib) {
+    let mut slot = FibSlot::new();
+    let fib = fib_params(&mut slot, &src, &backend.addr_be, ctx);
+    match fib_lookup(ctx, fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if set_macs(ctx, &fib).is_none() {
+            if set_macs(ctx, fib).is_none() {
                 return TC_ACT_OK;
             }
             if backend.flags & BACKEND_VETH_PEER != 0 && backend.ifindex == fib.ifindex {
@@ -179,10 +182,11 @@ fn reply(ctx: &TcContext) -> Option<i32> {
         // SAFETY: a per-CPU slot, only touched by this CPU while the program runs.
         unsafe { (*stats).replies += 1 };
     }
-    let mut fib = fib_params(&entry.nat_addr_be, &dst, ctx);
-    Some(match fib_lookup(ctx, &mut fib) {
+    let mut slot = FibSlot::new();
+    let fib = fib_params(&mut slot, &entry.nat_addr_be, &dst, ctx);
+    Some(match fib_lookup(ctx, fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            set_macs(ctx, &fib)?;
+            set_macs(ctx, fib)?;
             // SAFETY: helper without memory arguments.
             unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
         }
@@ -266,12 +270,36 @@ fn packet_src(ctx: &TcContext) -> Option<[u8; 16]> {
     }
 }
 
-/// FIB lookup parameters for `src` → `dst` arriving on the skb's interface. IPv4-mapped
-/// addresses select AF_INET.
+/// Room for the FIB lookup parameters, 8-aligned so that they can be zeroed a word at a time.
+#[repr(C, align(8))]
+struct FibSlot(MaybeUninit<FibLookup>);
+
+impl FibSlot {
+    #[inline(always)]
+    const fn new() -> Self {
+        Self(MaybeUninit::uninit())
+    }
+}
+
+/// FIB lookup parameters for `src` → `dst` arriving on the skb's interface, in `slot`.
+/// IPv4-mapped addresses select AF_INET.
 #[inline(always)]
-fn fib_params(src: &[u8; 16], dst: &[u8; 16], ctx: &TcContext) -> FibLookup {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value (integers and unions of them).
-    let mut fib: FibLookup = unsafe { core::mem::zeroed() };
+fn fib_params<'a>(
+    slot: &'a mut FibSlot,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    ctx: &TcContext,
+) -> &'a mut FibLookup {
+    const WORDS: usize = size_of::<FibLookup>() / 8;
+    const _: () = assert!(size_of::<FibLookup>() == WORDS * 8);
+    let base = slot.0.as_mut_ptr().cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: inside the slot, 8-aligned. Word stores, volatile: `mem::zeroed` becomes a
+        // call to a byte-wise `memset` loop on the BPF target (64 iterations per packet).
+        unsafe { core::ptr::write_volatile(base.add(i), 0) };
+    }
+    // SAFETY: every byte is zero, a valid bpf_fib_lookup (integers and unions of them).
+    let fib = unsafe { slot.0.assume_init_mut() };
     // SAFETY: the context pointer is valid for this run.
     fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     if is_v4_mapped(src) {

@@ -114,8 +114,8 @@ fn aim(
 /// first fragment was not seen (never dropped here).
 #[inline(never)]
 pub fn later_fragment(scratch: &mut Scratch, id: u32) -> Verdict {
-    scratch.frag = frag_key(&scratch.ip, id);
-    let Some(frag) = maps::FRAGMENTS.get_ptr(scratch.frag) else {
+    frag_key(scratch, id);
+    let Some(frag) = maps::FRAGMENTS.get_ptr(&scratch.frag) else {
         return Verdict::pass(Reason::NoBackend);
     };
     // SAFETY: a map value from a successful lookup, copied at once.
@@ -147,12 +147,12 @@ fn backend_ptr(id: u32) -> Option<*const BackendValue> {
 /// evicts the oldest datagram; the later fragments then go to the kernel.
 #[inline(never)]
 fn remember_fragment(scratch: &mut Scratch, id: u32, backend_id: u32, service_id: u32) {
-    scratch.frag = frag_key(&scratch.ip, id);
+    frag_key(scratch, id);
     let value = FragValue {
         backend_id,
         service_id,
     };
-    let _ = maps::FRAGMENTS.insert(scratch.frag, value, 0);
+    let _ = maps::FRAGMENTS.insert(&scratch.frag, value, 0);
 }
 
 /// The backend id for a new flow (0: none): the client's affinity if it is still valid,
@@ -250,16 +250,25 @@ const _: () = {
     assert!(core::mem::offset_of!(CtValue, nat_port_be) == CT_VALUE_NAT + 16);
 };
 
+/// The fragment key of datagram `id` of `scratch.ip`, into `scratch.frag` (word stores, as in
+/// [`forward_key`]).
 #[inline(always)]
-fn frag_key(ip: &Ip, id: u32) -> FragKey {
-    FragKey {
-        src_be: ip.src,
-        dst_be: ip.dst,
-        id,
-        proto: ip.proto,
-        _pad: [0; 3],
+fn frag_key(scratch: &mut Scratch, id: u32) {
+    let frag = &raw mut scratch.frag;
+    let ip = &scratch.ip;
+    // SAFETY: all in the scratch map value; the last word is id, proto and padding.
+    unsafe {
+        words::copy16(&raw mut (*frag).src_be, &raw const ip.src);
+        words::copy16(&raw mut (*frag).dst_be, &raw const ip.dst);
+        words::store64::<FRAG_KEY_TAIL>(frag.cast(), u64::from(id) | u64::from(ip.proto) << 32);
     }
 }
+
+const FRAG_KEY_TAIL: usize = core::mem::offset_of!(FragKey, id);
+const _: () = {
+    assert!(FRAG_KEY_TAIL == 32 && size_of::<FragKey>() == FRAG_KEY_TAIL + 8);
+    assert!(core::mem::offset_of!(FragKey, proto) == FRAG_KEY_TAIL + 4);
+};
 
 /// Spreads flows over Maglev slots: the client address and both ports through murmur3's
 /// finalizer. The same flow always hashes the same.

@@ -135,7 +135,13 @@ fn steer_ports(ctx: &XdpContext, scratch: &mut maps::Scratch) -> Option<Verdict>
     // SAFETY: bounds-checked by ptr_at.
     let ports = unsafe { *ports };
     flow::forward_key(scratch, ports);
-    if let Some(verdict) = Verdict::unpack(flow::established_packet(scratch)) {
+    // A TCP SYN starts a flow: its conntrack lookup would be a miss, and a miss costs the
+    // most (a random bucket, nothing cached). A retransmitted SYN gets the same Maglev pick
+    // again, unless the backends changed in between, when it starts over on the new one,
+    // as in Katran.
+    if !is_syn(ctx, &scratch.ip)
+        && let Some(verdict) = Verdict::unpack(flow::established_packet(scratch))
+    {
         return Some(verdict);
     }
     let ip = &scratch.ip;
@@ -148,6 +154,21 @@ fn steer_ports(ctx: &XdpContext, scratch: &mut maps::Scratch) -> Option<Verdict>
     let service = maps::SERVICES.get_ptr(service)?;
     // SAFETY: a map value pointer from a successful lookup, valid for this program run.
     Some(flow::new_flow(scratch, ports, unsafe { &*service }))
+}
+
+/// A TCP segment with SYN set and ACK clear (a connection request).
+#[inline(always)]
+fn is_syn(ctx: &XdpContext, ip: &headers::Ip) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if ip.proto != IPPROTO_TCP {
+        return false;
+    }
+    match ptr_at::<u8>(ctx, ip.l4() + 13) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(flags) => (unsafe { *flags }) & (SYN | ACK) == SYN,
+        None => false,
+    }
 }
 
 /// Puts the [`XdpMeta`] for the uplink's TC program in front of the frame. Without room for

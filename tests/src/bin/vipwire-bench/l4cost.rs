@@ -5,8 +5,9 @@
 //! kernel's own per-run time): a steered frame is rewritten, so a repeated run would measure
 //! its own output (see dataplane.rs). Cases, in interleaved rounds:
 //! - a VIP TCP SYN of a new flow (each call a new source port and address: service lookup,
-//!   Maglev pick, two conntrack inserts, DNAT);
-//! - a packet of an established flow (conntrack hit, DNAT).
+//!   Maglev pick, two conntrack inserts into a full table, DNAT; a SYN is not looked up in
+//!   conntrack);
+//! - an ACK of an established flow (conntrack hit, DNAT).
 
 use std::{net::IpAddr, time::Duration};
 
@@ -32,7 +33,7 @@ pub fn measure(report: &mut Report, empty: &Xdp) {
         dport: 80,
         proto: TCP,
     }
-    .frame();
+    .later_frame();
     // Every new-flow frame distinct across all rounds: source port × last address byte.
     let syn = |i: usize| {
         Flow {
