@@ -168,6 +168,12 @@ fn steering_fixtures_give_exact_output_and_counter() {
             flow(CLIENT6, "2001:db8:100::99", 40000, 80, TCP).frame(),
             Reason::Passed,
         ),
+        untouched(
+            // Same filter bit and service key as the IPv4 VIP, but never routed.
+            "IPv6 TCP to an IPv4 VIP's IPv4-mapped address",
+            flow(CLIENT6, &format!("::ffff:{VIP4}"), 40000, 80, TCP).frame(),
+            Reason::Passed,
+        ),
         named("IPv4 TCP", steered(&tcp4, "10.244.0.11", 8080, plain)),
         named("IPv4 UDP", steered(&udp4, "10.244.0.12", 5353, plain)),
         named(

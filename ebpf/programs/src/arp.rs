@@ -35,9 +35,16 @@ pub const OP_REPLY_LO: u8 = 2;
 pub const MAC_MASK: u64 = (1 << 48) - 1;
 pub const BROADCAST: u64 = MAC_MASK;
 
-// Its own BPF function: keeps the ARP and NDP paths' stack frames apart.
+/// [`answer`] as its own BPF function (keeps the ARP and NDP paths' stack frames apart), the
+/// verdict packed into one register ([`Verdict::pack`]): returned as a struct it would come
+/// back through the caller's stack, where every packet's verdict would then be merged.
 #[inline(never)]
-pub fn handle(ctx: &XdpContext) -> Verdict {
+pub fn handle(ctx: &XdpContext) -> u64 {
+    answer(ctx).pack()
+}
+
+#[inline(always)]
+fn answer(ctx: &XdpContext) -> Verdict {
     let Some(frame) = ptr_at::<[u8; ARP_FRAME_LEN]>(ctx, 0) else {
         return Verdict::pass(Reason::Malformed);
     };

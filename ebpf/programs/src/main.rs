@@ -131,15 +131,21 @@ fn classify(ctx: &XdpContext) -> Verdict {
     };
     match ethertype {
         parse::ETH_P_IPV4 => l4::ipv4(ctx),
-        parse::ETH_P_ARP => arp::handle(ctx),
+        parse::ETH_P_ARP => unpack(arp::handle(ctx)),
         parse::ETH_P_IPV6 => match l4::ipv6(ctx) {
             Some(verdict) => verdict,
-            None => ndp::handle(ctx),
+            None => unpack(ndp::handle(ctx)),
         },
         selfcheck::ETHERTYPE => control::self_check(ctx),
         // VLAN-tagged (802.1Q/802.1ad: we are not told about VLANs) and the rest.
         _ => Verdict::pass(Reason::Passed),
     }
+}
+
+/// A verdict a handler packed (never [`Verdict::NONE`]).
+#[inline(always)]
+fn unpack(packed: u64) -> Verdict {
+    Verdict::unpack(packed).unwrap_or(Verdict::pass(Reason::Malformed))
 }
 
 #[cfg(not(test))]

@@ -81,9 +81,16 @@ struct NaFrame {
 const NA_FRAME_LEN: usize = ICMP_OFFSET + NA_ICMP_LEN as usize;
 const _: () = assert!(size_of::<NaFrame>() == NA_FRAME_LEN);
 
-// Its own BPF function: keeps the ARP and NDP paths' stack frames apart.
+/// [`answer`] as its own BPF function (keeps the ARP and NDP paths' stack frames apart), the
+/// verdict packed into one register ([`Verdict::pack`]): returned as a struct it would come
+/// back through the caller's stack, where every packet's verdict would then be merged.
 #[inline(never)]
-pub fn handle(ctx: &XdpContext) -> Verdict {
+pub fn handle(ctx: &XdpContext) -> u64 {
+    answer(ctx).pack()
+}
+
+#[inline(always)]
+fn answer(ctx: &XdpContext) -> Verdict {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return Verdict::pass(Reason::Malformed);
     };

@@ -5,6 +5,7 @@
 //! routing without segments left, fragment, AH) are walked, at most [`MAX_EXT_HEADERS`].
 
 use aya_ebpf::programs::XdpContext;
+use vipwire_common::l4::is_v4_mapped;
 
 use crate::{
     parse::{ETH_HLEN, ptr_at},
@@ -211,6 +212,11 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
         proto,
         IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING | IPPROTO_AH | IPPROTO_FRAGMENT
     ) {
+        return None;
+    }
+    // An IPv4-mapped destination is never routed (RFC 4291 2.5.5.2): not for the IPv4
+    // frontend whose key it would match.
+    if is_v4_mapped(&hdr.dst) {
         return None;
     }
     out.v6 = true;
