@@ -107,6 +107,17 @@ pub const fn vip_filter_bit_folded(folded: u32) -> u32 {
     (folded ^ (folded >> 16)) & (VIP_FILTER_BITS - 1)
 }
 
+/// [`vip_filter_bit`] of an IPv4 VIP in its low 16 bits, from the address's four bytes as one
+/// little-endian load reads them (`u32::from_le_bytes(octets)`, zero-extended or not: bits
+/// from 32 up do not reach the low 16). The higher bits of the result are noise the caller
+/// masks away when it splits the bit into a word index and a shift. The XDP program runs
+/// this on every IPv4 packet: three instructions, where the general fold takes seven.
+#[inline(always)]
+pub const fn vip_filter_bit_v4_unmasked(dst: u64) -> u64 {
+    // The ::ffff word of the mapped prefix folds to 0xffff.
+    dst ^ (dst >> 16) ^ 0xffff
+}
+
 /// Key of `vipwire_services_v1` (`HASH`): a frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -330,4 +341,25 @@ mod pod {
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::VipFilter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv4_shortcut_gives_the_same_filter_bit() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let octets = (x as u32).to_be_bytes();
+            // Bits above 32 must not matter.
+            let loaded = u64::from(u32::from_le_bytes(octets)) | (x >> 32) << 32;
+            let expected = vip_filter_bit(&v4_mapped(octets));
+            let got = (vip_filter_bit_v4_unmasked(loaded) & u64::from(VIP_FILTER_BITS - 1)) as u32;
+            assert_eq!(got, expected, "{octets:?}");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! alignment ([`words`]): byte by byte, the answer path took ~300 instructions, a third of them
 //! single-byte loads and stores.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use vipwire_common::Reason;
 
 use crate::{Verdict, control, maps, parse::ptr_at, words};
@@ -38,9 +38,11 @@ pub const BROADCAST: u64 = MAC_MASK;
 /// [`answer`] as its own BPF function (keeps the ARP and NDP paths' stack frames apart), the
 /// verdict packed into one register ([`Verdict::pack`]): returned as a struct it would come
 /// back through the caller's stack, where every packet's verdict would then be merged.
+/// The context comes as its raw pointer: a `&XdpContext` would make the caller keep the
+/// context in a stack slot, written on every packet's path.
 #[inline(never)]
-pub fn handle(ctx: &XdpContext) -> u64 {
-    answer(ctx).pack()
+pub fn handle(ctx: *mut xdp_md) -> u64 {
+    answer(&XdpContext::new(ctx)).pack()
 }
 
 #[inline(always)]

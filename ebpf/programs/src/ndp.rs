@@ -7,7 +7,7 @@
 //! asks (hop limit, code, length, options, checksum, source/destination rules) so that
 //! nothing the kernel would discard gets an answer.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use vipwire_common::{Reason, l2::NS_MAX_OPTIONS_LEN};
 
 use crate::{
@@ -84,9 +84,11 @@ const _: () = assert!(size_of::<NaFrame>() == NA_FRAME_LEN);
 /// [`answer`] as its own BPF function (keeps the ARP and NDP paths' stack frames apart), the
 /// verdict packed into one register ([`Verdict::pack`]): returned as a struct it would come
 /// back through the caller's stack, where every packet's verdict would then be merged.
+/// The context comes as its raw pointer: a `&XdpContext` would make the caller keep the
+/// context in a stack slot, written on every packet's path.
 #[inline(never)]
-pub fn handle(ctx: &XdpContext) -> u64 {
-    answer(ctx).pack()
+pub fn handle(ctx: *mut xdp_md) -> u64 {
+    answer(&XdpContext::new(ctx)).pack()
 }
 
 #[inline(always)]

@@ -59,6 +59,47 @@ pub unsafe fn load32<const OFF: usize>(frame: *const u8) -> u32 {
     value as u32
 }
 
+/// The 2 bytes at `frame + OFF` as a little-endian word, zero-extended (the load does it: no
+/// mask instruction as for a `u16`).
+///
+/// # Safety
+/// `frame + OFF .. frame + OFF + 2` must lie inside the packet.
+#[inline(always)]
+pub unsafe fn load16_wide<const OFF: usize>(frame: *const u8) -> u64 {
+    let value: u64;
+    // SAFETY: as in `load64`.
+    unsafe {
+        asm!(
+            "{value} = *(u16 *)({frame} + {off})",
+            value = out(reg) value,
+            frame = in(reg) frame,
+            off = const OFF,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    value
+}
+
+/// Like [`load32`], zero-extended (no mask instruction for the `u32`).
+///
+/// # Safety
+/// As for [`load32`].
+#[inline(always)]
+pub unsafe fn load32_wide<const OFF: usize>(frame: *const u8) -> u64 {
+    let value: u64;
+    // SAFETY: as in `load64`.
+    unsafe {
+        asm!(
+            "{value} = *(u32 *)({frame} + {off})",
+            value = out(reg) value,
+            frame = in(reg) frame,
+            off = const OFF,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    value
+}
+
 /// Writes `value` as 8 little-endian bytes at `frame + OFF`.
 ///
 /// # Safety

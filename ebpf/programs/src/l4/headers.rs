@@ -88,20 +88,8 @@ impl Ip {
     }
 }
 
-/// The IPv4 destination's words folded for the VIP filter (`vip_filter_bit_folded`), for the
-/// cheap "could this be a VIP" test before anything else.
-#[inline(always)]
-pub fn ipv4_dst_folded(ctx: &XdpContext) -> Option<u32> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
-    // SAFETY: ptr_at checked the whole IPv4 header, which holds the destination at 16..20.
-    // One load (crate::words) instead of four byte loads: this runs for every IPv4 packet.
-    let dst = unsafe { words::load32::<16>(ip.cast::<u8>()) };
-    // The IPv4-mapped prefix's only non-zero word is ::ffff.
-    Some(u32::from_ne_bytes([0, 0, 0xff, 0xff]) ^ dst)
-}
-
-/// The IPv6 destination's words folded likewise, read one word at a time (a 16-byte copy
-/// would spill to the BPF stack).
+/// The IPv6 destination's words folded for the VIP filter (`vip_filter_bit_folded`), read one
+/// word at a time (a 16-byte copy would spill to the BPF stack).
 #[inline(always)]
 pub fn ipv6_dst_folded(ctx: &XdpContext) -> Option<u32> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;

@@ -12,7 +12,7 @@ use vipwire_common::l4::{
     CONNTRACK_MAX_ENTRIES, CtKey, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue,
     MAGLEV_CHUNK_SLOTS, MAGLEV_MAX_ENTRIES, MaglevChunk, MaglevKey, SERVICE_IDS,
     SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceStats, ServiceValue,
-    SourceRange, VipFilter, vip_filter_bit_folded,
+    SourceRange, VipFilter,
 };
 
 use super::headers::Ip;
@@ -88,16 +88,15 @@ pub fn stats(service_id: u32) -> Option<*mut ServiceStats> {
 #[btf_map(name = "vipwire_vip_filter_v1")]
 static VIP_FILTER: Array<VipFilter, 1> = Array::new();
 
-/// False when the address whose words XOR to `folded` is certainly not a VIP (most traffic);
-/// true when it may be one. See `vip_filter_bit_folded`.
+/// False when the address with filter bit `bit` (`vip_filter_bit`; bits from 16 up are
+/// ignored) is certainly not a VIP (most traffic); true when it may be one.
 #[inline(always)]
-pub fn maybe_vip(folded: u32) -> bool {
+pub fn maybe_vip(bit: u64) -> bool {
     let Some(filter) = VIP_FILTER.get_ptr(0) else {
         return false;
     };
-    let bit = vip_filter_bit_folded(folded);
-    // SAFETY: a map value pointer from a successful lookup; the word index is < 1024 as
-    // the bit is < VIP_FILTER_BITS.
+    // SAFETY: a map value pointer from a successful lookup; the word index is masked below
+    // the filter's 1024 words.
     let word = unsafe { *(*filter).words.get_unchecked((bit >> 6) as usize & 1023) };
     word & (1 << (bit & 63)) != 0
 }

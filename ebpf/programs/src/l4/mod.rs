@@ -18,19 +18,24 @@ mod sctp;
 use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
 use vipwire_common::{
     Reason,
-    l4::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, XDP_META_MAGIC, XdpMeta},
+    l4::{
+        IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, XDP_META_MAGIC, XdpMeta,
+        vip_filter_bit_folded, vip_filter_bit_v4_unmasked,
+    },
 };
 
 use self::headers::{Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6};
 pub use self::{csum::Delta, sctp::port_changed as sctp_port_changed};
 use crate::{Verdict, parse::ptr_at};
 
-/// An IPv4 packet: steered when it is for a frontend, else passed.
+/// An IPv4 packet whose destination is `dst` (as `words::load32_wide` reads it): steered when
+/// it is for a frontend, else passed.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext) -> Verdict {
-    match headers::ipv4_dst_folded(ctx) {
-        Some(folded) if maps::maybe_vip(folded) => steer_ipv4(ctx),
-        _ => Verdict::pass(Reason::Passed),
+pub fn ipv4(ctx: &XdpContext, dst: u64) -> Verdict {
+    if maps::maybe_vip(vip_filter_bit_v4_unmasked(dst)) {
+        steer_ipv4(ctx)
+    } else {
+        Verdict::pass(Reason::Passed)
     }
 }
 
@@ -39,7 +44,9 @@ pub fn ipv4(ctx: &XdpContext) -> Verdict {
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext) -> Option<Verdict> {
     match headers::ipv6_dst_folded(ctx) {
-        Some(folded) if maps::maybe_vip(folded) => steer_ipv6(ctx),
+        Some(folded) if maps::maybe_vip(u64::from(vip_filter_bit_folded(folded))) => {
+            steer_ipv6(ctx)
+        }
         _ => None,
     }
 }

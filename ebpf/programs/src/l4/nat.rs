@@ -4,7 +4,7 @@
 //! Every pointer is bounds-checked before the first write, so a packet is either rewritten
 //! completely or not at all.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use vipwire_common::l4::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{
@@ -34,13 +34,15 @@ pub fn dnat(ctx: &XdpContext, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -
         Some(p) => u32::from(u16::from_ne_bytes(p)) | 1 << 16,
         None => 0,
     };
-    dnat_call(ctx, ip, addr, port) != 0
+    dnat_call(ctx.ctx, ip, addr, port) != 0
 }
 
 /// [`dnat`] as its own BPF function (its frame is not added to its callers'); `port` packed
-/// as bit 16 "rewrite" plus the port's bytes, the result 1 for success.
+/// as bit 16 "rewrite" plus the port's bytes, the result 1 for success. The context comes as
+/// its raw pointer: a `&XdpContext` would make the program keep the context in a stack slot,
+/// written at its entry on every packet's path.
 #[inline(never)]
-fn dnat_call(ctx: &XdpContext, ip: &Ip, addr: &[u8; 16], port: u32) -> u64 {
+fn dnat_call(ctx: *mut xdp_md, ip: &Ip, addr: &[u8; 16], port: u32) -> u64 {
     let port = if port >> 16 != 0 {
         Some((port as u16).to_ne_bytes())
     } else {
@@ -59,12 +61,12 @@ struct Frame {
 
 impl Frame {
     #[inline(always)]
-    fn of(ctx: &XdpContext) -> Self {
+    fn of(ctx: *mut xdp_md) -> Self {
         // SAFETY: the context pointer is valid for this program run.
         unsafe {
             Self {
-                data: core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize,
-                end: core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
+                data: core::ptr::read_volatile(&raw const (*ctx).data) as usize,
+                end: core::ptr::read_volatile(&raw const (*ctx).data_end) as usize,
             }
         }
     }
