@@ -312,6 +312,7 @@ fn reconcile(
         previous.desired = Arc::default();
     }
     let desired = target.model.update(snapshot).clone();
+    let changes = target.model.take_changes();
     // Said once, when they appear (the list is usually short; it is sorted).
     for warning in &desired.warnings {
         if warned
@@ -353,13 +354,15 @@ fn reconcile(
     }
     // A full map or a failed write must not stop the agent (L2, BGP and the flows already
     // steered go on): say so, and try again from the maps' real content next time.
-    let l4 = plane.apply_l4(&desired.services).unwrap_or_else(|err| {
-        tracing::error!(
-            error = %crate::error_chain(&err),
-            "L4 maps not fully written; retrying at the next reconcile"
-        );
-        None
-    });
+    let l4 = plane
+        .apply_l4_changed(&desired.services, changes.as_ref())
+        .unwrap_or_else(|err| {
+            tracing::error!(
+                error = %crate::error_chain(&err),
+                "L4 maps not fully written; retrying at the next reconcile"
+            );
+            None
+        });
     if let Some(delta) = l4 {
         if delta.added.len() + delta.removed.len() <= LOG_EACH {
             for frontend in &delta.removed {

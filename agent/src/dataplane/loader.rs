@@ -345,6 +345,17 @@ impl Dataplane {
         &mut self,
         desired: &std::collections::BTreeMap<Frontend, DesiredService>,
     ) -> Result<Option<L4Delta>, LoaderError> {
+        self.apply_l4_changed(desired, None)
+    }
+
+    /// [`Self::apply_l4`] comparing only the frontends in `changed` (every frontend whose
+    /// desired state may differ from the last call's; `None`: all of them). After a failed
+    /// apply the next one re-reads the maps and compares everything anyway.
+    pub fn apply_l4_changed(
+        &mut self,
+        desired: &std::collections::BTreeMap<Frontend, DesiredService>,
+        changed: Option<&BTreeSet<Frontend>>,
+    ) -> Result<Option<L4Delta>, LoaderError> {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(None);
         };
@@ -356,7 +367,7 @@ impl Dataplane {
             self.l4_stale = false;
         }
         self.l4_stale = true;
-        let plan = writer.plan(desired)?;
+        let plan = writer.plan(desired, changed)?;
         let mut before: BTreeSet<u32> = writer.devices();
         before.extend(plan.devices.iter().copied());
         let reply = tc::sync_reply(&mut self.ebpf, &self.paths, &before, &mut self.reply_links)?;

@@ -17,7 +17,7 @@ use vipwire_common::{
     maps,
 };
 
-use super::{BackendView, ServiceView, kernel, plan::from_addr16};
+use super::{BackendView, ServiceView, kernel, mirror::from_addr16};
 use crate::dataplane::{
     paths::PinPaths,
     status::{StatusError, open},
