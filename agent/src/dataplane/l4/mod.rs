@@ -14,6 +14,7 @@
 //!   points at them; removal the other way round. The kernel never follows a dangling id.
 //! - Conntrack, affinity and fragment maps are never touched: established flows survive.
 
+mod counts;
 pub mod ids;
 mod kernel;
 pub mod mirror;

@@ -19,11 +19,12 @@ use std::{
 use ipnet::IpNet;
 use vipwire_common::l4::{
     BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MAGLEV_CHUNK_SLOTS, SERVICE_AFFINITY,
-    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue, vip_filter_bit,
+    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue,
 };
 
 use super::{
     BackendView, L4Error, ServiceView,
+    counts::{Counts, Touched},
     ids::Ids,
     mirror::{MaglevInput, Mirror, Op, addr16, backend_key, fingerprint},
 };
@@ -47,35 +48,9 @@ pub struct Plan {
 /// What a plan changes in the planner's own state once it is executed.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Book {
-    /// The counts below replace the planner's instead of updating them.
-    full: bool,
     /// Frontends planned from a new desired state (`None`: removed).
     frontends: Vec<(Frontend, Option<DesiredService>)>,
-    /// New counts of the backend keys the plan touched (zero: no longer listed).
-    refs: Vec<(SocketAddr, Refs)>,
-    /// New counts of the VIP filter bits the plan touched.
-    bits: Vec<(u32, u32)>,
-}
-
-/// How many frontends list a backend key, and how many of them list it active.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Refs {
-    listed: u32,
-    active: u32,
-}
-
-impl Refs {
-    fn add(&mut self, state: BackendState, up: bool) {
-        let active = u32::from(state == BackendState::Active);
-        if up {
-            self.listed += 1;
-            self.active += active;
-        } else {
-            // Counts come from the same frontends they are taken back from.
-            self.listed = self.listed.saturating_sub(1);
-            self.active = self.active.saturating_sub(active);
-        }
-    }
+    counts: Touched,
 }
 
 pub(super) struct Planner {
@@ -89,10 +64,8 @@ pub(super) struct Planner {
     backend_ids: Ids,
     /// Backend ids by key, for every backend in the mirror.
     by_key: HashMap<SocketAddr, u32>,
-    /// Per backend key listed in `last`: its counts.
-    refs: HashMap<SocketAddr, Refs>,
-    /// Per VIP filter bit: the frontends of `last` whose VIP sets it.
-    bits: HashMap<u32, u32>,
+    /// Over the frontends of `last`.
+    counts: Counts,
     /// Per host-side device: the mirror's backends delivered through it.
     devices: BTreeMap<u32, u32>,
     /// Recovered chunks or ranges may belong to no service: clean them once.
@@ -117,8 +90,7 @@ impl Planner {
             service_ids,
             backend_ids,
             by_key: HashMap::new(),
-            refs: HashMap::new(),
-            bits: HashMap::new(),
+            counts: Counts::default(),
             devices: BTreeMap::new(),
             sweep_orphans: true,
         };
@@ -194,24 +166,7 @@ impl Planner {
     /// After every operation of `plan` succeeded.
     pub(super) fn commit(&mut self, plan: Plan) {
         let book = plan.book;
-        if book.full {
-            self.refs.clear();
-            self.bits.clear();
-        }
-        for (key, refs) in book.refs {
-            if refs.listed == 0 {
-                self.refs.remove(&key);
-            } else {
-                self.refs.insert(key, refs);
-            }
-        }
-        for (bit, n) in book.bits {
-            if n == 0 {
-                self.bits.remove(&bit);
-            } else {
-                self.bits.insert(bit, n);
-            }
-        }
+        self.counts.commit(book.counts);
         for (frontend, service) in book.frontends {
             match service {
                 Some(service) => self.last.insert(frontend, service),
@@ -278,43 +233,17 @@ impl Planner {
             }
         }
         let mut plan = Plan::default();
-        plan.book.full = full;
-
         // Counts after this plan, of every key and bit it touches (all of them when full).
-        let mut refs: BTreeMap<SocketAddr, Refs> = BTreeMap::new();
-        let mut bits: BTreeMap<u32, u32> = BTreeMap::new();
-        if full {
-            for (frontend, service) in desired {
-                for b in &service.backends {
-                    refs.entry(SocketAddr::new(b.addr, b.port))
-                        .or_default()
-                        .add(b.state, true);
-                }
-                *bits.entry(filter_bit(frontend)).or_default() += 1;
-            }
+        let counts = if full {
+            Counts::of(desired)
         } else {
-            let mut count = |frontend: &Frontend, service: &DesiredService, up: bool| {
-                for b in &service.backends {
-                    let key = SocketAddr::new(b.addr, b.port);
-                    refs.entry(key)
-                        .or_insert_with(|| self.refs.get(&key).copied().unwrap_or_default())
-                        .add(b.state, up);
-                }
-                let bit = filter_bit(frontend);
-                let n = bits
-                    .entry(bit)
-                    .or_insert_with(|| self.bits.get(&bit).copied().unwrap_or_default());
-                *n = if up { *n + 1 } else { n.saturating_sub(1) };
-            };
-            for frontend in updated.iter().map(|(f, _)| f).chain(&removed) {
-                if let Some(old) = self.last.get(frontend) {
-                    count(frontend, old, false);
-                }
-            }
-            for &(frontend, service) in &updated {
-                count(&frontend, service, true);
-            }
-        }
+            let old = updated.iter().map(|(f, _)| f).chain(&removed);
+            self.counts.replace(
+                old.filter_map(|f| self.last.get_key_value(f)),
+                updated.iter().map(|(f, s)| (f, *s)),
+            )
+        };
+        let (refs, bits) = (&counts.refs, &counts.bits);
 
         // Backends: one entry per (address, port), active when any frontend lists it active.
         // Re-resolve the backends of changed frontends: a pod IP reused by a new pod sits
@@ -324,8 +253,8 @@ impl Planner {
             .flat_map(|(_, s)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
             .collect();
         let mut resolved: BTreeMap<IpAddr, Delivery> = BTreeMap::new();
-        for (&key, counts) in &refs {
-            if counts.listed == 0 {
+        for (&key, count) in refs {
+            if count.listed == 0 {
                 continue;
             }
             let id = match self.by_key.get(&key) {
@@ -349,7 +278,7 @@ impl Planner {
                     .entry(key.ip())
                     .or_insert_with(|| resolve(key.ip())),
             };
-            let value = backend_value(key, counts.active > 0, delivery);
+            let value = backend_value(key, count.active > 0, delivery);
             if current != Some(&value) {
                 plan.ops.push(Op::PutBackend { id, value });
                 if value.ifindex != 0 {
@@ -361,30 +290,25 @@ impl Planner {
         // The XDP program looks at a packet only when its destination's filter bit is set:
         // set new VIPs' bits before their services exist, clear bits only after the last
         // service of a VIP is gone.
-        let (set, clear): (BTreeSet<u32>, BTreeSet<u32>) = if full {
-            (
-                bits.keys()
-                    .filter(|b| !self.mirror.filter.contains(b))
-                    .copied()
-                    .collect(),
-                self.mirror
-                    .filter
-                    .iter()
-                    .filter(|b| !bits.contains_key(b))
-                    .copied()
-                    .collect(),
-            )
+        let set: BTreeSet<u32> = bits
+            .iter()
+            .filter(|&(b, &n)| n > 0 && !self.mirror.filter.contains(b))
+            .map(|(&b, _)| b)
+            .collect();
+        let clear: BTreeSet<u32> = if full {
+            // Also bits no frontend counts (maps written by someone else).
+            let wanted = |b: &u32| bits.get(b).is_some_and(|&n| n > 0);
+            self.mirror
+                .filter
+                .iter()
+                .filter(|b| !wanted(b))
+                .copied()
+                .collect()
         } else {
-            (
-                bits.iter()
-                    .filter(|&(b, &n)| n > 0 && !self.mirror.filter.contains(b))
-                    .map(|(&b, _)| b)
-                    .collect(),
-                bits.iter()
-                    .filter(|&(b, &n)| n == 0 && self.mirror.filter.contains(b))
-                    .map(|(&b, _)| b)
-                    .collect(),
-            )
+            bits.iter()
+                .filter(|&(b, &n)| n == 0 && self.mirror.filter.contains(b))
+                .map(|(&b, _)| b)
+                .collect()
         };
         let mut filter = None;
         if !set.is_empty() {
@@ -459,8 +383,8 @@ impl Planner {
                 }
             }
         } else {
-            for (key, counts) in &refs {
-                if counts.listed == 0
+            for (key, count) in refs {
+                if count.listed == 0
                     && let Some(&id) = self.by_key.get(key)
                     && self.mirror.backends.contains_key(&id)
                 {
@@ -474,8 +398,7 @@ impl Planner {
             .map(|(f, s)| (f, Some(s.clone())))
             .chain(removed.into_iter().map(|f| (f, None)))
             .collect();
-        plan.book.refs = refs.into_iter().collect();
-        plan.book.bits = bits.into_iter().collect();
+        plan.book.counts = counts;
         Ok(plan)
     }
 
@@ -613,10 +536,6 @@ fn count_device(devices: &mut BTreeMap<u32, u32>, ifindex: u32, up: bool) {
             devices.remove(&ifindex);
         }
     }
-}
-
-fn filter_bit(frontend: &Frontend) -> u32 {
-    vip_filter_bit(&addr16(frontend.vip))
 }
 
 pub(super) fn chunks(size: u32) -> u32 {

@@ -1,0 +1,126 @@
+//! The writer's reference counts, over the frontends it has written: per backend key, how many
+//! list it and how many list it active (the entry lives while one lists it, and is active
+//! while one lists it active); per VIP filter bit, how many have a VIP with that bit. A plan
+//! computes the new counts of the keys and bits it touches from the frontends it replans
+//! ([`Counts::replace`]); they become the writer's once the plan has been executed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use vipwire_common::l4::vip_filter_bit;
+
+use super::mirror::addr16;
+use crate::model::{BackendState, DesiredService, Frontend};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Refs {
+    pub listed: u32,
+    pub active: u32,
+}
+
+impl Refs {
+    fn add(&mut self, state: BackendState, up: bool) {
+        let active = u32::from(state == BackendState::Active);
+        if up {
+            self.listed += 1;
+            self.active += active;
+        } else {
+            // Counts are taken back from the frontends that gave them: never below zero.
+            self.listed = self.listed.saturating_sub(1);
+            self.active = self.active.saturating_sub(active);
+        }
+    }
+}
+
+/// New counts of what a plan touches (zero: no longer counted).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Touched {
+    /// Every key and bit is here: these replace the counts instead of updating them.
+    pub full: bool,
+    pub refs: BTreeMap<SocketAddr, Refs>,
+    pub bits: BTreeMap<u32, u32>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    refs: HashMap<SocketAddr, Refs>,
+    bits: HashMap<u32, u32>,
+}
+
+impl Counts {
+    /// The counts of `desired`, from nothing.
+    pub fn of<'a>(
+        desired: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
+    ) -> Touched {
+        let mut touched = Touched {
+            full: true,
+            ..Touched::default()
+        };
+        for (frontend, service) in desired {
+            touched.count(&Self::default(), frontend, service, true);
+        }
+        touched
+    }
+
+    /// The counts after the `old` frontends' contributions are replaced by the `new` ones', for
+    /// the keys and bits either touches.
+    pub fn replace<'a>(
+        &self,
+        old: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
+        new: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
+    ) -> Touched {
+        let mut touched = Touched::default();
+        for (frontend, service) in old {
+            touched.count(self, frontend, service, false);
+        }
+        for (frontend, service) in new {
+            touched.count(self, frontend, service, true);
+        }
+        touched
+    }
+
+    pub fn commit(&mut self, touched: Touched) {
+        if touched.full {
+            self.refs.clear();
+            self.bits.clear();
+        }
+        for (key, refs) in touched.refs {
+            if refs.listed == 0 {
+                self.refs.remove(&key);
+            } else {
+                self.refs.insert(key, refs);
+            }
+        }
+        for (bit, n) in touched.bits {
+            if n == 0 {
+                self.bits.remove(&bit);
+            } else {
+                self.bits.insert(bit, n);
+            }
+        }
+    }
+}
+
+impl Touched {
+    fn count(&mut self, base: &Counts, frontend: &Frontend, service: &DesiredService, up: bool) {
+        for b in &service.backends {
+            let key = SocketAddr::new(b.addr, b.port);
+            self.refs
+                .entry(key)
+                .or_insert_with(|| base.refs.get(&key).copied().unwrap_or_default())
+                .add(b.state, up);
+        }
+        let bit = filter_bit(frontend);
+        let n = self
+            .bits
+            .entry(bit)
+            .or_insert_with(|| base.bits.get(&bit).copied().unwrap_or_default());
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+}
+
+pub(super) fn filter_bit(frontend: &Frontend) -> u32 {
+    vip_filter_bit(&addr16(frontend.vip))
+}
