@@ -2,7 +2,7 @@
 //! the uplink XDP program through pinned links, so a restarted agent takes over the running
 //! dataplane instead of replacing it: answering never stops while the agent restarts.
 
-use std::{collections::BTreeSet, io};
+use std::{collections::BTreeSet, io, sync::Arc};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -386,15 +386,15 @@ impl Dataplane {
     }
 
     /// The steered services as last written (empty without L4).
-    pub fn l4_view(&self) -> Vec<ServiceView> {
-        self.writer.as_ref().map(L4Writer::view).unwrap_or_default()
+    pub fn l4_view(&mut self) -> Vec<Arc<ServiceView>> {
+        self.writer.as_mut().map(L4Writer::view).unwrap_or_default()
     }
 
     /// The steering view for the admin endpoint, if it changed since the last one taken and
-    /// (unless `force`) that was at least [`L4_VIEW_EVERY`] ago. Building it walks every
-    /// frontend, so a stream of single changes must not pay for it each time: the heartbeat
-    /// tick publishes what is left (`force`).
-    pub fn take_l4_view(&mut self, force: bool) -> Option<Vec<ServiceView>> {
+    /// (unless `force`) that was at least [`L4_VIEW_EVERY`] ago. Taking it copies a pointer
+    /// per frontend (the writer keeps each frontend's view), which a stream of single changes
+    /// need not pay each time: the heartbeat tick publishes what is left (`force`).
+    pub fn take_l4_view(&mut self, force: bool) -> Option<Vec<Arc<ServiceView>>> {
         if !self.l4_view_dirty || (!force && self.l4_view_at.elapsed() < L4_VIEW_EVERY) {
             return None;
         }

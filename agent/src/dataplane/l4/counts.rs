@@ -83,8 +83,9 @@ impl Counts {
 
     pub fn commit(&mut self, touched: Touched) {
         if touched.full {
-            self.refs.clear();
-            self.bits.clear();
+            // Sized once: growing by doubling would hold two tables at once, several times.
+            self.refs = HashMap::with_capacity(touched.refs.len());
+            self.bits = HashMap::with_capacity(touched.bits.len());
         }
         for (key, refs) in touched.refs {
             if refs.listed == 0 {

@@ -20,6 +20,7 @@ mod kernel;
 pub mod mirror;
 pub mod plan;
 pub mod status;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use aya::{Ebpf, maps::MapError};
@@ -179,8 +181,8 @@ impl L4Writer {
         self.planner.mirror()
     }
 
-    /// The steered services as written.
-    pub fn view(&self) -> Vec<ServiceView> {
+    /// The steered services as written (a pointer per frontend: kept up to date by plans).
+    pub fn view(&mut self) -> Vec<Arc<ServiceView>> {
         self.planner.view()
     }
 }

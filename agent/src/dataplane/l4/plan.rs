@@ -23,10 +23,11 @@ use vipwire_common::l4::{
 };
 
 use super::{
-    BackendView, L4Error, ServiceView,
+    L4Error, ServiceView,
     counts::{Counts, Touched},
     ids::Ids,
     mirror::{MaglevInput, Mirror, Op, addr16, backend_key, fingerprint},
+    view::{Source, Views},
 };
 use crate::{
     dataplane::{maglev, route::Delivery},
@@ -70,6 +71,7 @@ pub(super) struct Planner {
     devices: BTreeMap<u32, u32>,
     /// Recovered chunks or ranges may belong to no service: clean them once.
     sweep_orphans: bool,
+    views: Views,
 }
 
 impl Planner {
@@ -93,6 +95,7 @@ impl Planner {
             counts: Counts::default(),
             devices: BTreeMap::new(),
             sweep_orphans: true,
+            views: Views::default(),
         };
         planner.index(mirror);
         planner
@@ -111,6 +114,7 @@ impl Planner {
         self.last.clear();
         self.full = true;
         self.sweep_orphans = true;
+        self.views.invalidate();
         self.sync_ids();
     }
 
@@ -140,6 +144,10 @@ impl Planner {
             Op::PutBackend { id, value } => {
                 if let Some(old) = self.mirror.backends.get(id) {
                     count_device(&mut self.devices, old.ifindex, false);
+                    let moved = |v: &BackendValue| (v.ifindex, v.flags & BACKEND_VETH_PEER);
+                    if moved(old) != moved(value) {
+                        self.views.invalidate();
+                    }
                 }
                 count_device(&mut self.devices, value.ifindex, true);
             }
@@ -167,6 +175,7 @@ impl Planner {
     pub(super) fn commit(&mut self, plan: Plan) {
         let book = plan.book;
         self.counts.commit(book.counts);
+        let written: Vec<Frontend> = book.frontends.iter().map(|(f, _)| *f).collect();
         for (frontend, service) in book.frontends {
             match service {
                 Some(service) => self.last.insert(frontend, service),
@@ -175,6 +184,12 @@ impl Planner {
         }
         self.full = false;
         self.sweep_orphans = false;
+        let source = Source {
+            mirror: &self.mirror,
+            last: &self.last,
+            by_key: &self.by_key,
+        };
+        self.views.update(written, &source);
     }
 
     /// After a failed execute: forget the desired state (replan everything against the
@@ -182,6 +197,7 @@ impl Planner {
     pub(super) fn abort(&mut self) {
         self.last.clear();
         self.full = true;
+        self.views.invalidate();
         self.sync_ids();
     }
 
@@ -248,11 +264,22 @@ impl Planner {
         // Backends: one entry per (address, port), active when any frontend lists it active.
         // Re-resolve the backends of changed frontends: a pod IP reused by a new pod sits
         // behind a new veth.
-        let refresh: BTreeSet<SocketAddr> = updated
-            .iter()
-            .flat_map(|(_, s)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
-            .collect();
-        let mut resolved: BTreeMap<IpAddr, Delivery> = BTreeMap::new();
+        // (The first plan replans every frontend: no set of every key for that.)
+        let refresh_all = updated.len() == desired.len();
+        let refresh: BTreeSet<SocketAddr> = if refresh_all {
+            BTreeSet::new()
+        } else {
+            updated
+                .iter()
+                .flat_map(|(_, s)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
+                .collect()
+        };
+        // Keys come in address order: the ports of one address are adjacent.
+        let mut resolved: Option<(IpAddr, Delivery)> = None;
+        if full {
+            self.by_key
+                .reserve(refs.len().saturating_sub(self.by_key.len()));
+        }
         for (&key, count) in refs {
             if count.listed == 0 {
                 continue;
@@ -270,13 +297,14 @@ impl Planner {
             };
             let current = self.mirror.backends.get(&id);
             let delivery = match current {
-                Some(value) if !refresh.contains(&key) => Delivery {
+                Some(value) if !refresh_all && !refresh.contains(&key) => Delivery {
                     ifindex: value.ifindex,
                     veth: value.flags & BACKEND_VETH_PEER != 0,
                 },
-                _ => *resolved
-                    .entry(key.ip())
-                    .or_insert_with(|| resolve(key.ip())),
+                _ => match resolved {
+                    Some((ip, delivery)) if ip == key.ip() => delivery,
+                    _ => resolved.insert((key.ip(), resolve(key.ip()))).1,
+                },
             };
             let value = backend_value(key, count.active > 0, delivery);
             if current != Some(&value) {
@@ -491,36 +519,21 @@ impl Planner {
         }
     }
 
-    pub(super) fn view(&self) -> Vec<ServiceView> {
-        let mut views = Vec::new();
-        for (frontend, value) in &self.mirror.services {
-            let backends = match self.last.get(frontend) {
-                Some(service) => service
-                    .backends
-                    .iter()
-                    .filter_map(|b| {
-                        let addr = SocketAddr::new(b.addr, b.port);
-                        let id = *self.by_key.get(&addr)?;
-                        let written = self.mirror.backends.get(&id)?;
-                        Some(BackendView {
-                            addr,
-                            id,
-                            active: b.state == BackendState::Active,
-                            ifindex: written.ifindex,
-                            veth: written.flags & BACKEND_VETH_PEER != 0,
-                        })
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
-            views.push(ServiceView {
-                frontend: *frontend,
-                service_id: value.id,
-                maglev_size: value.maglev_size,
-                backends,
-            });
-        }
-        views
+    /// [`Self::view`] built from scratch (tests: the kept one must be the same).
+    #[cfg(test)]
+    pub(super) fn fresh_view(&mut self) -> Vec<Arc<ServiceView>> {
+        self.views.invalidate();
+        self.view()
+    }
+
+    /// The steered services as written.
+    pub(super) fn view(&mut self) -> Vec<Arc<ServiceView>> {
+        let source = Source {
+            mirror: &self.mirror,
+            last: &self.last,
+            by_key: &self.by_key,
+        };
+        self.views.get(&source)
     }
 }
 

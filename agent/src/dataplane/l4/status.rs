@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use aya::maps::{HashMap, PerCpuArray};
@@ -102,7 +103,7 @@ impl ServiceCounters {
 }
 
 /// The writer's services with the pinned counters.
-pub fn from_view(views: &[ServiceView], paths: &PinPaths) -> Vec<ServiceStatus> {
+pub fn from_view(views: &[Arc<ServiceView>], paths: &PinPaths) -> Vec<ServiceStatus> {
     let counters = read_counters(paths, views.iter().map(|v| v.service_id)).ok();
     views
         .iter()

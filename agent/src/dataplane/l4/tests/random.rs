@@ -1,7 +1,7 @@
 //! The planner told only which frontends changed must leave the maps exactly as one that
 //! compares everything: on random change sequences (with cut-short applies and re-reads of
 //! the maps in between), after every step a planner restarted over the same maps finds
-//! nothing to do, and the planner's mirror and devices match the maps.
+//! nothing to do, and the planner's mirror, devices and steering view match the maps.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -62,8 +62,11 @@ fn random_service(rng: &mut Rng) -> DesiredService {
     }
 }
 
-/// Whether the step wrote what it should have, as far as the maps show.
-fn check(fake: &Fake, desired: &BTreeMap<Frontend, DesiredService>, what: &str) {
+/// Whether the step wrote what it should have, as far as the maps show, and whether the
+/// steering view kept across plans is the one built from scratch.
+fn check(fake: &mut Fake, desired: &BTreeMap<Frontend, DesiredService>, what: &str) {
+    let kept = fake.planner.view();
+    assert_eq!(kept, fake.planner.fresh_view(), "{what}: steering view");
     let read = fake.maps.read();
     assert_eq!(fake.mirror(), &read, "{what}: mirror differs from the maps");
     let devices: BTreeSet<u32> = read
@@ -128,7 +131,7 @@ fn run(seed: u64, steps: usize, seen: &mut [usize; 4]) {
             continue;
         }
         seen[3] += fake.maps.services.len();
-        check(&fake, &desired, &what);
+        check(&mut fake, &desired, &what);
     }
 }
 
