@@ -95,11 +95,24 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
         }),
         None => None,
     };
+    release_large_blocks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(agent(config, options, router_id))
+}
+
+/// glibc raises its mmap threshold each time a large block is freed; past that, big buffers
+/// (a first plan's operations, a relist's pages, a map's table while it grows) come from the
+/// heap and stay with the process once freed. At 10,000 Services that held ~14 MiB of peak
+/// RSS. A fixed threshold (glibc's initial 128 KiB) returns every such block on free.
+fn release_large_blocks() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// The running input: snapshots plus what the admin endpoint reports about it.
