@@ -2,7 +2,7 @@
 //! list it and how many list it active (the entry lives while one lists it, and is active
 //! while one lists it active); per VIP filter bit, how many have a VIP with that bit. A plan
 //! computes the new counts of the keys and bits it touches from the frontends it replans
-//! ([`Counts::replace`]); they become the writer's once the plan has been executed.
+//! ([`Counts::touch`]); they become the writer's once the plan has been executed.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,8 +21,8 @@ pub(super) struct Refs {
 }
 
 impl Refs {
-    fn add(&mut self, state: BackendState, up: bool) {
-        let active = u32::from(state == BackendState::Active);
+    fn add(&mut self, active: bool, up: bool) {
+        let active = u32::from(active);
         if up {
             self.listed += 1;
             self.active += active;
@@ -54,31 +54,26 @@ impl Counts {
     pub fn of<'a>(
         desired: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
     ) -> Touched {
-        let mut touched = Touched {
-            full: true,
-            ..Touched::default()
+        let mut touching = Touching {
+            base: None,
+            touched: Touched {
+                full: true,
+                ..Touched::default()
+            },
         };
         for (frontend, service) in desired {
-            touched.count(&Self::default(), frontend, service, true);
+            touching.count(frontend, keys(service), true);
         }
-        touched
+        touching.touched
     }
 
-    /// The counts after the `old` frontends' contributions are replaced by the `new` ones', for
-    /// the keys and bits either touches.
-    pub fn replace<'a>(
-        &self,
-        old: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
-        new: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
-    ) -> Touched {
-        let mut touched = Touched::default();
-        for (frontend, service) in old {
-            touched.count(self, frontend, service, false);
+    /// Starts the new counts of what a plan touches: it takes back the contributions of the
+    /// frontends it replans and adds their new ones ([`Touching::count`]).
+    pub fn touch(&self) -> Touching<'_> {
+        Touching {
+            base: Some(self),
+            touched: Touched::default(),
         }
-        for (frontend, service) in new {
-            touched.count(self, frontend, service, true);
-        }
-        touched
     }
 
     pub fn commit(&mut self, touched: Touched) {
@@ -104,21 +99,51 @@ impl Counts {
     }
 }
 
-impl Touched {
-    fn count(&mut self, base: &Counts, frontend: &Frontend, service: &DesiredService, up: bool) {
-        for b in &service.backends {
-            let key = SocketAddr::new(b.addr, b.port);
-            self.refs
+/// The backend keys of a desired frontend, each with whether it is listed active.
+pub(super) fn keys(service: &DesiredService) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+    service.backends.iter().map(|b| {
+        (
+            SocketAddr::new(b.addr, b.port),
+            b.state == BackendState::Active,
+        )
+    })
+}
+
+pub(super) struct Touching<'a> {
+    base: Option<&'a Counts>,
+    touched: Touched,
+}
+
+impl Touching<'_> {
+    /// Adds (`up`) or takes back one frontend's contribution: its backend keys, each with
+    /// whether it lists the key active ([`keys`]), and its VIP's filter bit.
+    pub fn count(
+        &mut self,
+        frontend: &Frontend,
+        backends: impl IntoIterator<Item = (SocketAddr, bool)>,
+        up: bool,
+    ) {
+        let base = self.base;
+        for (key, active) in backends {
+            self.touched
+                .refs
                 .entry(key)
-                .or_insert_with(|| base.refs.get(&key).copied().unwrap_or_default())
-                .add(b.state, up);
+                .or_insert_with(|| {
+                    base.and_then(|b| b.refs.get(&key).copied())
+                        .unwrap_or_default()
+                })
+                .add(active, up);
         }
         let bit = filter_bit(frontend);
-        let n = self
-            .bits
-            .entry(bit)
-            .or_insert_with(|| base.bits.get(&bit).copied().unwrap_or_default());
+        let n = self.touched.bits.entry(bit).or_insert_with(|| {
+            base.and_then(|b| b.bits.get(&bit).copied())
+                .unwrap_or_default()
+        });
         *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    pub fn done(self) -> Touched {
+        self.touched
     }
 }
 

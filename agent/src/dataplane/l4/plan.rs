@@ -12,6 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -24,7 +25,7 @@ use vipwire_common::l4::{
 
 use super::{
     L4Error, ServiceView,
-    counts::{Counts, Touched},
+    counts::{Counts, Touched, keys},
     ids::Ids,
     mirror::{MaglevInput, Mirror, Op, addr16, backend_key, fingerprint},
     view::{Source, Views},
@@ -50,15 +51,33 @@ pub struct Plan {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Book {
     /// Frontends planned from a new desired state (`None`: removed).
-    frontends: Vec<(Frontend, Option<DesiredService>)>,
+    frontends: Vec<(Frontend, Option<Written>)>,
     counts: Touched,
+}
+
+/// What the planner keeps of a frontend it wrote: enough to tell whether its desired state
+/// changed, to take back its counts and to show it, in a tenth of the desired state's size.
+#[derive(Clone, Debug)]
+pub(super) struct Written {
+    /// [`digest`] of the desired state it was written from.
+    pub digest: u64,
+    /// Its backends, in the desired state's order: id, and whether listed active.
+    pub backends: Box<[(u32, bool)]>,
+}
+
+/// Stands for a desired state in [`Written`]. Two different states share a digest with
+/// probability 2^-64 (the change would then be missed until the next full resync).
+fn digest(service: &DesiredService) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    service.hash(&mut hasher);
+    hasher.finish()
 }
 
 pub(super) struct Planner {
     configured_size: u32,
     mirror: Mirror,
-    /// The desired state of every frontend as last written.
-    last: BTreeMap<Frontend, DesiredService>,
+    /// Every frontend as last written.
+    last: BTreeMap<Frontend, Written>,
     /// The next plan walks every frontend (start, re-read of the maps, failed apply).
     full: bool,
     service_ids: Ids,
@@ -187,7 +206,6 @@ impl Planner {
         let source = Source {
             mirror: &self.mirror,
             last: &self.last,
-            by_key: &self.by_key,
         };
         self.views.update(written, &source);
     }
@@ -228,15 +246,16 @@ impl Planner {
                 .copied()
                 .collect(),
         };
-        let mut updated: Vec<(Frontend, &DesiredService)> = Vec::new();
+        let mut updated: Vec<(Frontend, &DesiredService, u64)> = Vec::new();
         let mut removed: Vec<Frontend> = Vec::new();
         for frontend in candidates {
             match desired.get(&frontend) {
                 Some(service) => {
-                    if self.last.get(&frontend) != Some(service)
+                    let digest = digest(service);
+                    if self.last.get(&frontend).map(|w| w.digest) != Some(digest)
                         || !self.mirror.services.contains_key(&frontend)
                     {
-                        updated.push((frontend, service));
+                        updated.push((frontend, service, digest));
                     }
                 }
                 None => {
@@ -253,11 +272,19 @@ impl Planner {
         let counts = if full {
             Counts::of(desired)
         } else {
-            let old = updated.iter().map(|(f, _)| f).chain(&removed);
-            self.counts.replace(
-                old.filter_map(|f| self.last.get_key_value(f)),
-                updated.iter().map(|(f, s)| (f, *s)),
-            )
+            let mut touching = self.counts.touch();
+            for frontend in updated.iter().map(|(f, _, _)| f).chain(&removed) {
+                if let Some(old) = self.last.get(frontend) {
+                    let backends = old.backends.iter().filter_map(|&(id, active)| {
+                        Some((backend_key(self.mirror.backends.get(&id)?), active))
+                    });
+                    touching.count(frontend, backends, false);
+                }
+            }
+            for (frontend, service, _) in &updated {
+                touching.count(frontend, keys(service), true);
+            }
+            touching.done()
         };
         let (refs, bits) = (&counts.refs, &counts.bits);
 
@@ -271,7 +298,7 @@ impl Planner {
         } else {
             updated
                 .iter()
-                .flat_map(|(_, s)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
+                .flat_map(|(_, s, _)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
                 .collect()
         };
         // Keys come in address order: the ports of one address are adjacent.
@@ -346,7 +373,7 @@ impl Planner {
         }
 
         let mut live_ids: BTreeSet<u32> = BTreeSet::new();
-        for &(frontend, service) in &updated {
+        for &(frontend, service, _) in &updated {
             let id = match self.mirror.services.get(&frontend) {
                 Some(value) => value.id,
                 None => {
@@ -423,7 +450,17 @@ impl Planner {
 
         plan.book.frontends = updated
             .into_iter()
-            .map(|(f, s)| (f, Some(s.clone())))
+            .map(|(frontend, service, digest)| {
+                let backends = service
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        let id = *self.by_key.get(&SocketAddr::new(b.addr, b.port))?;
+                        Some((id, b.state == BackendState::Active))
+                    })
+                    .collect();
+                (frontend, Some(Written { digest, backends }))
+            })
             .chain(removed.into_iter().map(|f| (f, None)))
             .collect();
         plan.book.counts = counts;
@@ -531,7 +568,6 @@ impl Planner {
         let source = Source {
             mirror: &self.mirror,
             last: &self.last,
-            by_key: &self.by_key,
         };
         self.views.get(&source)
     }

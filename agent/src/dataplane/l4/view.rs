@@ -2,22 +2,21 @@
 //! frontends a plan writes, so taking the view costs a pointer per frontend instead of a
 //! lookup per backend (tens of milliseconds at 10,000 Services, on the reconcile path).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use vipwire_common::l4::BACKEND_VETH_PEER;
 
-use super::{BackendView, ServiceView, mirror::Mirror};
-use crate::model::{BackendState, DesiredService, Frontend};
+use super::{
+    BackendView, ServiceView,
+    mirror::{Mirror, backend_key},
+    plan::Written,
+};
+use crate::model::Frontend;
 
 /// What a frontend's view is made of: the planner's state.
 pub(super) struct Source<'a> {
     pub mirror: &'a Mirror,
-    pub last: &'a BTreeMap<Frontend, DesiredService>,
-    pub by_key: &'a HashMap<SocketAddr, u32>,
+    pub last: &'a BTreeMap<Frontend, Written>,
 }
 
 /// `None`: to be rebuilt from scratch (start, re-read maps, a backend moved to another
@@ -59,19 +58,17 @@ impl Views {
 fn build(frontend: Frontend, source: &Source<'_>) -> Option<Arc<ServiceView>> {
     let value = source.mirror.services.get(&frontend)?;
     let backends = match source.last.get(&frontend) {
-        Some(service) => service
+        Some(written) => written
             .backends
             .iter()
-            .filter_map(|b| {
-                let addr = SocketAddr::new(b.addr, b.port);
-                let id = *source.by_key.get(&addr)?;
-                let written = source.mirror.backends.get(&id)?;
+            .filter_map(|&(id, active)| {
+                let value = source.mirror.backends.get(&id)?;
                 Some(BackendView {
-                    addr,
+                    addr: backend_key(value),
                     id,
-                    active: b.state == BackendState::Active,
-                    ifindex: written.ifindex,
-                    veth: written.flags & BACKEND_VETH_PEER != 0,
+                    active,
+                    ifindex: value.ifindex,
+                    veth: value.flags & BACKEND_VETH_PEER != 0,
                 })
             })
             .collect(),
