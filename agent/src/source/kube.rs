@@ -364,17 +364,22 @@ mod tests {
 
     #[test]
     fn trimmed_slices_keep_what_the_model_reads_and_no_spare_room() {
-        let endpoints: Vec<String> = (1..=10)
+        let endpoints: Vec<serde_json::Value> = (1..=10)
             .map(|i| {
-                format!(
-                    r#"{{"addresses":["10.0.0.{i}"],"nodeName":"n1","zone":"z","targetRef":{{"kind":"Pod","name":"p{i}"}}}}"#
-                )
+                serde_json::json!({
+                    "addresses": [format!("10.0.0.{i}")],
+                    "nodeName": "n1",
+                    "zone": "z",
+                    "targetRef": {"kind": "Pod", "name": format!("p{i}")},
+                })
             })
             .collect();
-        let json = format!(
-            r#"{{"metadata":{{"name":"s","managedFields":[{{"manager":"m"}}]}},"addressType":"IPv4","endpoints":[{}]}}"#,
-            endpoints.join(",")
-        );
+        let json = serde_json::json!({
+            "metadata": {"name": "s", "managedFields": [{"manager": "m"}]},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+        })
+        .to_string();
         let mut slice: EndpointSlice = serde_json::from_str(&json).unwrap();
         trim_slice(&mut slice);
         assert_eq!(slice.metadata.managed_fields, None);

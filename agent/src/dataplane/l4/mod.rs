@@ -5,11 +5,11 @@
 //!   port), both monotonic with wrap ([`ids`]) and read back from the pinned maps on start
 //!   ([`L4Writer::recover`]), so flows in conntrack keep pointing at the same pods.
 //! - Delta: the writer keeps a mirror of what it wrote ([`Mirror`], Maglev chunks as
-//!   fingerprints) and the last desired state; an apply replans only the frontends the caller
-//!   says may have changed and whose desired state did change, and emits only the map
-//!   operations whose entries differ from the mirror ([`plan`]). Backends, VIP filter bits and
-//!   reply-program devices shared between frontends are reference-counted, so one change
-//!   costs the size of the frontends it touches.
+//!   fingerprints) and a digest of each frontend's desired state; an apply replans only the
+//!   frontends the caller says may have changed and whose digest did change, and emits only
+//!   the map operations whose entries differ from the mirror ([`plan`]). Backends, VIP filter
+//!   bits and reply-program devices shared between frontends are reference-counted, so one
+//!   change costs the size of the frontends it touches.
 //! - Order: backends before the Maglev chunks that name them, chunks before the service that
 //!   points at them; removal the other way round. The kernel never follows a dangling id.
 //! - Conntrack, affinity and fragment maps are never touched: established flows survive.
