@@ -95,11 +95,24 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
         }),
         None => None,
     };
+    release_large_blocks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(agent(config, options, router_id))
+}
+
+/// glibc raises its mmap threshold each time a large block is freed; past that, big buffers
+/// (a first plan's operations, a relist's pages, a map's table while it grows) come from the
+/// heap and stay with the process once freed. At 10,000 Services that held ~14 MiB of peak
+/// RSS. A fixed threshold (glibc's initial 128 KiB) returns every such block on free.
+fn release_large_blocks() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// The running input: snapshots plus what the admin endpoint reports about it.
@@ -312,6 +325,7 @@ fn reconcile(
         previous.desired = Arc::default();
     }
     let desired = target.model.update(snapshot).clone();
+    let changes = target.model.take_changes();
     // Said once, when they appear (the list is usually short; it is sorted).
     for warning in &desired.warnings {
         if warned
@@ -353,13 +367,15 @@ fn reconcile(
     }
     // A full map or a failed write must not stop the agent (L2, BGP and the flows already
     // steered go on): say so, and try again from the maps' real content next time.
-    let l4 = plane.apply_l4(&desired.services).unwrap_or_else(|err| {
-        tracing::error!(
-            error = %crate::error_chain(&err),
-            "L4 maps not fully written; retrying at the next reconcile"
-        );
-        None
-    });
+    let l4 = plane
+        .apply_l4_changed(&desired.services, changes.as_ref())
+        .unwrap_or_else(|err| {
+            tracing::error!(
+                error = %crate::error_chain(&err),
+                "L4 maps not fully written; retrying at the next reconcile"
+            );
+            None
+        });
     if let Some(delta) = l4 {
         if delta.added.len() + delta.removed.len() <= LOG_EACH {
             for frontend in &delta.removed {

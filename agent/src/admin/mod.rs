@@ -72,7 +72,7 @@ pub struct AdminState {
     /// `None` when BGP is not configured.
     bgp: Mutex<Option<bgp::BgpSnapshot>>,
     /// The L4 writer's services as last written (`None`: L4 not running).
-    steering: Mutex<Option<Arc<Vec<ServiceView>>>>,
+    steering: Mutex<Option<Arc<Vec<Arc<ServiceView>>>>>,
 }
 
 impl AdminState {
@@ -89,11 +89,11 @@ impl AdminState {
     }
 
     /// The steered services after an L4 apply.
-    pub fn set_steering(&self, services: Vec<ServiceView>) {
+    pub fn set_steering(&self, services: Vec<Arc<ServiceView>>) {
         *lock(&self.steering) = Some(Arc::new(services));
     }
 
-    pub fn steering(&self) -> Option<Arc<Vec<ServiceView>>> {
+    pub fn steering(&self) -> Option<Arc<Vec<Arc<ServiceView>>>> {
         lock(&self.steering).clone()
     }
 

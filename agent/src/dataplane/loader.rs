@@ -2,7 +2,7 @@
 //! the uplink XDP program through pinned links, so a restarted agent takes over the running
 //! dataplane instead of replacing it: answering never stops while the agent restarts.
 
-use std::{collections::BTreeSet, io};
+use std::{collections::BTreeSet, io, sync::Arc};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -345,6 +345,17 @@ impl Dataplane {
         &mut self,
         desired: &std::collections::BTreeMap<Frontend, DesiredService>,
     ) -> Result<Option<L4Delta>, LoaderError> {
+        self.apply_l4_changed(desired, None)
+    }
+
+    /// [`Self::apply_l4`] comparing only the frontends in `changed` (every frontend whose
+    /// desired state may differ from the last call's; `None`: all of them). After a failed
+    /// apply the next one re-reads the maps and compares everything anyway.
+    pub fn apply_l4_changed(
+        &mut self,
+        desired: &std::collections::BTreeMap<Frontend, DesiredService>,
+        changed: Option<&BTreeSet<Frontend>>,
+    ) -> Result<Option<L4Delta>, LoaderError> {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(None);
         };
@@ -356,7 +367,7 @@ impl Dataplane {
             self.l4_stale = false;
         }
         self.l4_stale = true;
-        let plan = writer.plan(desired)?;
+        let plan = writer.plan(desired, changed)?;
         let mut before: BTreeSet<u32> = writer.devices();
         before.extend(plan.devices.iter().copied());
         let reply = tc::sync_reply(&mut self.ebpf, &self.paths, &before, &mut self.reply_links)?;
@@ -375,15 +386,15 @@ impl Dataplane {
     }
 
     /// The steered services as last written (empty without L4).
-    pub fn l4_view(&self) -> Vec<ServiceView> {
-        self.writer.as_ref().map(L4Writer::view).unwrap_or_default()
+    pub fn l4_view(&mut self) -> Vec<Arc<ServiceView>> {
+        self.writer.as_mut().map(L4Writer::view).unwrap_or_default()
     }
 
     /// The steering view for the admin endpoint, if it changed since the last one taken and
-    /// (unless `force`) that was at least [`L4_VIEW_EVERY`] ago. Building it walks every
-    /// frontend, so a stream of single changes must not pay for it each time: the heartbeat
-    /// tick publishes what is left (`force`).
-    pub fn take_l4_view(&mut self, force: bool) -> Option<Vec<ServiceView>> {
+    /// (unless `force`) that was at least [`L4_VIEW_EVERY`] ago. Taking it copies a pointer
+    /// per frontend (the writer keeps each frontend's view), which a stream of single changes
+    /// need not pay each time: the heartbeat tick publishes what is left (`force`).
+    pub fn take_l4_view(&mut self, force: bool) -> Option<Vec<Arc<ServiceView>>> {
         if !self.l4_view_dirty || (!force && self.l4_view_at.elapsed() < L4_VIEW_EVERY) {
             return None;
         }

@@ -129,6 +129,9 @@ pub struct Incremental {
     warning_counts: BTreeMap<Warning, usize>,
     nodes: NodeView,
     desired: Arc<Desired>,
+    /// Frontends whose entry in `desired.services` may have changed since the last
+    /// [`Self::take_changes`]; `None` until the first one (everything is new).
+    changes: Option<BTreeSet<Frontend>>,
     started: bool,
 }
 
@@ -147,8 +150,17 @@ impl Incremental {
             warning_counts: BTreeMap::new(),
             nodes: NodeView::default(),
             desired: Arc::default(),
+            changes: None,
             started: false,
         }
+    }
+
+    /// The frontends whose desired state may have changed (been added, removed or replaced)
+    /// since the last call, a superset of those that did; `None` on the first call, when
+    /// every frontend is to be compared. The caller takes them after every update (they
+    /// accumulate otherwise).
+    pub fn take_changes(&mut self) -> Option<BTreeSet<Frontend>> {
+        self.changes.replace(BTreeSet::new())
     }
 
     /// The desired state as of the last [`Self::update`].
@@ -260,6 +272,7 @@ impl Incremental {
                 &mut self.vip_warnings,
                 &mut self.warning_counts,
                 desired,
+                self.changes.as_mut(),
             );
         }
         // The multiset's key set is the sorted, deduplicated warning list (usually short).
@@ -357,6 +370,7 @@ fn refresh_vip(
     vip_warnings: &mut HashMap<IpAddr, Vec<Warning>>,
     warning_counts: &mut BTreeMap<Warning, usize>,
     desired: &mut Desired,
+    mut changes: Option<&mut BTreeSet<Frontend>>,
 ) {
     let range = Frontend {
         vip,
@@ -370,6 +384,9 @@ fn refresh_vip(
     let stale: Vec<Frontend> = desired.services.range(range).map(|(f, _)| *f).collect();
     for frontend in stale {
         desired.services.remove(&frontend);
+        if let Some(changes) = changes.as_deref_mut() {
+            changes.insert(frontend);
+        }
     }
 
     let mut warnings = Vec::new();
@@ -390,6 +407,9 @@ fn refresh_vip(
             }
             warnings.extend(part.warnings.iter().cloned());
             desired.services.insert(part.frontend, part.service.clone());
+            if let Some(changes) = changes.as_deref_mut() {
+                changes.insert(part.frontend);
+            }
             kept_any = true;
         }
         if kept_any {

@@ -171,7 +171,7 @@ pub struct Backend {
 ///
 /// Every frontend of every selected Service is listed, whether or not this node announces the
 /// VIP, so flows that still arrive (ECMP convergence, established connections) are steered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DesiredService {
     pub service: ObjectKey,
     /// The Service port's name (`None` when unnamed).

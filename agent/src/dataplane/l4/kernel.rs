@@ -1,7 +1,7 @@
 //! The IO half of the L4 writer: reading the pinned maps back into a [`Mirror`], and issuing
 //! one [`Op`] against the maps.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use aya::{
     Ebpf,
@@ -14,15 +14,15 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use vipwire_common::{
     l4::{
-        BackendValue, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK_SLOTS, MaglevChunk,
-        MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter,
+        BackendValue, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey,
+        ServiceStats, ServiceValue, SourceRange, VipFilter,
     },
     maps,
 };
 
 use super::{
-    L4Error, Mirror, Op,
-    plan::{addr16, from_addr16},
+    L4Error,
+    mirror::{MaglevInput, Mirror, Op, addr16, fingerprint, from_addr16},
 };
 use crate::model::{Frontend, Protocol};
 
@@ -34,6 +34,8 @@ pub(super) struct Maps<'a> {
     ranges: LpmTrie<&'a mut MapData, SourceRange, u8>,
     stats: PerCpuArray<&'a mut MapData, ServiceStats>,
     filter: Array<&'a mut MapData, VipFilter>,
+    /// The last table computed for a [`Op::PutChunk`]: the next chunk is usually of the same.
+    table: Option<(Arc<MaglevInput>, Vec<u32>)>,
 }
 
 impl<'a> Maps<'a> {
@@ -70,6 +72,7 @@ impl<'a> Maps<'a> {
                 .map_err(|e| map_error(maps::SERVICE_STATS, e))?,
             filter: Array::try_from(need(filter, maps::VIP_FILTER)?)
                 .map_err(|e| map_error(maps::VIP_FILTER, e))?,
+            table: None,
         })
     }
 
@@ -82,14 +85,16 @@ impl<'a> Maps<'a> {
             Op::PutChunk {
                 service_id,
                 chunk,
-                slots,
+                table,
+                ..
             } => {
-                let mut value = MaglevChunk {
-                    backend_ids: [0; MAGLEV_CHUNK_SLOTS as usize],
+                let slots = match &self.table {
+                    Some((input, slots)) if Arc::ptr_eq(input, table) => slots,
+                    _ => &self.table.insert((table.clone(), table.table())).1,
                 };
-                for (dst, src) in value.backend_ids.iter_mut().zip(slots) {
-                    *dst = *src;
-                }
+                let value = MaglevChunk {
+                    backend_ids: MaglevInput::chunk(slots, *chunk),
+                };
                 self.maglev
                     .insert(maglev_key(*service_id, *chunk), value, 0)
                     .map_err(|e| map_error(maps::MAGLEV, e))
@@ -155,7 +160,7 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
         let (key, value) = item.map_err(|e| map_error(maps::MAGLEV, e))?;
         mirror
             .chunks
-            .insert((key.service_id, key.chunk), value.backend_ids.to_vec());
+            .insert((key.service_id, key.chunk), fingerprint(&value.backend_ids));
     }
     for item in maps.backends.iter() {
         let (id, value) = item.map_err(|e| map_error(maps::BACKENDS, e))?;

@@ -4,17 +4,23 @@
 //! - Ids: a service id per frontend (`1..SERVICE_IDS`), a backend id per (pod address, target
 //!   port), both monotonic with wrap ([`ids`]) and read back from the pinned maps on start
 //!   ([`L4Writer::recover`]), so flows in conntrack keep pointing at the same pods.
-//! - Delta: the writer keeps a mirror of what it wrote ([`plan::Mirror`]) and the last desired
-//!   state; an apply replans only frontends whose desired state changed and emits only the map
-//!   operations whose entries differ from the mirror ([`plan`]).
+//! - Delta: the writer keeps a mirror of what it wrote ([`Mirror`], Maglev chunks as
+//!   fingerprints) and a digest of each frontend's desired state; an apply replans only the
+//!   frontends the caller says may have changed and whose digest did change, and emits only
+//!   the map operations whose entries differ from the mirror ([`plan`]). Backends, VIP filter
+//!   bits and reply-program devices shared between frontends are reference-counted, so one
+//!   change costs the size of the frontends it touches.
 //! - Order: backends before the Maglev chunks that name them, chunks before the service that
 //!   points at them; removal the other way round. The kernel never follows a dangling id.
 //! - Conntrack, affinity and fragment maps are never touched: established flows survive.
 
+mod counts;
 pub mod ids;
 mod kernel;
+pub mod mirror;
 pub mod plan;
 pub mod status;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -22,11 +28,15 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use aya::{Ebpf, maps::MapError};
 
-pub use self::plan::{Mirror, Op, Plan};
+pub use self::{
+    mirror::{MaglevInput, Mirror, Op},
+    plan::Plan,
+};
 use super::route::{self, Delivery};
 use crate::model::{DesiredService, Frontend};
 
@@ -87,11 +97,17 @@ impl L4Writer {
         })
     }
 
-    /// Plans the operations that make the maps match `desired`. Route lookups for new or
-    /// changed backends happen here, so the caller can attach the reply program to every
-    /// device [`Plan::devices`] names before the backends become reachable.
-    pub fn plan(&mut self, desired: &BTreeMap<Frontend, DesiredService>) -> Result<Plan, L4Error> {
-        self.plan_with(desired, &mut |addr| match route::lookup(addr) {
+    /// Plans the operations that make the maps match `desired`. `changed` names every
+    /// frontend whose desired state may differ from the one the last plan saw (`None`: compare
+    /// them all). Route lookups for new or changed backends happen here, so the caller can
+    /// attach the reply program to every device [`Plan::devices`] names before the backends
+    /// become reachable.
+    pub fn plan(
+        &mut self,
+        desired: &BTreeMap<Frontend, DesiredService>,
+        changed: Option<&BTreeSet<Frontend>>,
+    ) -> Result<Plan, L4Error> {
+        self.plan_with(desired, changed, &mut |addr| match route::lookup(addr) {
             Ok(delivery) => delivery,
             Err(err) => {
                 tracing::warn!(%addr, error = %err, "route lookup failed; delivery by FIB lookup");
@@ -104,9 +120,10 @@ impl L4Writer {
     pub fn plan_with(
         &mut self,
         desired: &BTreeMap<Frontend, DesiredService>,
+        changed: Option<&BTreeSet<Frontend>>,
         resolve: &mut dyn FnMut(IpAddr) -> Delivery,
     ) -> Result<Plan, L4Error> {
-        let plan = self.planner.plan(desired, resolve);
+        let plan = self.planner.plan(desired, changed, resolve);
         if plan.is_err() {
             // Ids handed out to a plan that will not run go back.
             self.planner.abort();
@@ -116,7 +133,7 @@ impl L4Writer {
 
     /// Issues the plan's operations in order. On error the mirror still matches the kernel
     /// (it follows every successful operation), and the next apply replans what is missing.
-    pub fn execute(&mut self, ebpf: &mut Ebpf, plan: Plan) -> Result<L4Delta, L4Error> {
+    pub fn execute(&mut self, ebpf: &mut Ebpf, mut plan: Plan) -> Result<L4Delta, L4Error> {
         let ops = plan.ops.len();
         let mut maps = kernel::Maps::open(ebpf)?;
         for op in &plan.ops {
@@ -124,23 +141,25 @@ impl L4Writer {
                 self.planner.abort();
                 return Err(err);
             }
-            self.planner.mirror_mut().record(op);
+            self.planner.record(op);
         }
-        self.planner.commit(plan.desired);
-        Ok(L4Delta {
-            added: plan.added,
-            removed: plan.removed,
+        let delta = L4Delta {
+            added: std::mem::take(&mut plan.added),
+            removed: std::mem::take(&mut plan.removed),
             ops,
-        })
+        };
+        self.planner.commit(plan);
+        Ok(delta)
     }
 
-    /// Plans and executes in one step (no reply-program attachment in between).
+    /// Plans (comparing every frontend) and executes in one step (no reply-program
+    /// attachment in between).
     pub fn apply(
         &mut self,
         ebpf: &mut Ebpf,
         desired: &BTreeMap<Frontend, DesiredService>,
     ) -> Result<L4Delta, L4Error> {
-        let plan = self.plan(desired)?;
+        let plan = self.plan(desired, None)?;
         self.execute(ebpf, plan)
     }
 
@@ -155,15 +174,15 @@ impl L4Writer {
     /// Host-side devices the written backends are delivered through (the reply program's
     /// attach points).
     pub fn devices(&self) -> BTreeSet<u32> {
-        self.planner.mirror().devices()
+        self.planner.devices()
     }
 
     pub fn mirror(&self) -> &Mirror {
         self.planner.mirror()
     }
 
-    /// The steered services as written.
-    pub fn view(&self) -> Vec<ServiceView> {
+    /// The steered services as written (a pointer per frontend: kept up to date by plans).
+    pub fn view(&mut self) -> Vec<Arc<ServiceView>> {
         self.planner.view()
     }
 }

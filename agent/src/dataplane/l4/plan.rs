@@ -1,139 +1,39 @@
 //! The pure half of the L4 writer: given the mirror of the maps and the desired services, the
 //! ordered list of map operations that turns one into the other. No IO (route lookups come in
 //! through a callback), so ordering and minimality are unit-tested without a kernel.
+//!
+//! Cost: a plan looks only at the frontends it is told may have changed (the model knows), so
+//! one EndpointSlice change costs the size of its Service, not of all Services. What is
+//! shared between frontends is reference-counted: a backend entry lives while some frontend
+//! lists it (active while one lists it active), a VIP filter bit while some frontend has the
+//! VIP, the reply program on a device while some backend is delivered through it. A plan
+//! without that hint, the first one and the one after a re-read of the maps walk everything
+//! (and rebuild the counts from scratch).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
 use vipwire_common::l4::{
     BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MAGLEV_CHUNK_SLOTS, SERVICE_AFFINITY,
-    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue, v4_mapped, vip_filter_bit,
+    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue,
 };
 
-use super::{BackendView, L4Error, ServiceView, ids::Ids};
+use super::{
+    L4Error, ServiceView,
+    counts::{Counts, Touched, keys},
+    ids::Ids,
+    mirror::{MaglevInput, Mirror, Op, addr16, backend_key, fingerprint},
+    view::{Source, Views},
+};
 use crate::{
     dataplane::{maglev, route::Delivery},
     model::{BackendState, DesiredService, Frontend},
 };
-
-/// One map write or delete, in the order the kernel must see them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    PutBackend {
-        id: u32,
-        value: BackendValue,
-    },
-    /// `slots` has exactly `MAGLEV_CHUNK_SLOTS` entries.
-    PutChunk {
-        service_id: u32,
-        chunk: u32,
-        slots: Vec<u32>,
-    },
-    PutRange {
-        service_id: u32,
-        range: IpNet,
-    },
-    /// Zero the per-CPU stats slot of an id being handed out.
-    ZeroStats {
-        service_id: u32,
-    },
-    PutService {
-        frontend: Frontend,
-        value: ServiceValue,
-    },
-    DelService {
-        frontend: Frontend,
-    },
-    DelChunk {
-        service_id: u32,
-        chunk: u32,
-    },
-    DelRange {
-        service_id: u32,
-        range: IpNet,
-    },
-    DelBackend {
-        id: u32,
-    },
-    /// The whole VIP filter (`vipwire_vip_filter_v1`), as the set bits.
-    PutFilter {
-        bits: BTreeSet<u32>,
-    },
-}
-
-/// What the maps hold (as far as this agent wrote or read them back).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Mirror {
-    pub services: BTreeMap<Frontend, ServiceValue>,
-    pub chunks: BTreeMap<(u32, u32), Vec<u32>>,
-    pub ranges: BTreeSet<(u32, IpNet)>,
-    pub backends: BTreeMap<u32, BackendValue>,
-    /// Bits set in the VIP filter.
-    pub filter: BTreeSet<u32>,
-}
-
-impl Mirror {
-    /// Follows one successful operation.
-    pub fn record(&mut self, op: &Op) {
-        match op {
-            Op::PutBackend { id, value } => {
-                self.backends.insert(*id, *value);
-            }
-            Op::PutChunk {
-                service_id,
-                chunk,
-                slots,
-            } => {
-                self.chunks.insert((*service_id, *chunk), slots.clone());
-            }
-            Op::PutRange { service_id, range } => {
-                self.ranges.insert((*service_id, *range));
-            }
-            Op::ZeroStats { .. } => {}
-            Op::PutService { frontend, value } => {
-                self.services.insert(*frontend, *value);
-            }
-            Op::DelService { frontend } => {
-                self.services.remove(frontend);
-            }
-            Op::DelChunk { service_id, chunk } => {
-                self.chunks.remove(&(*service_id, *chunk));
-            }
-            Op::DelRange { service_id, range } => {
-                self.ranges.remove(&(*service_id, *range));
-            }
-            Op::DelBackend { id } => {
-                self.backends.remove(id);
-            }
-            Op::PutFilter { bits } => self.filter.clone_from(bits),
-        }
-    }
-
-    pub fn devices(&self) -> BTreeSet<u32> {
-        self.backends
-            .values()
-            .map(|b| b.ifindex)
-            .filter(|&i| i != 0)
-            .collect()
-    }
-
-    /// The Maglev table of `service_id` as written (`size` slots).
-    pub fn table(&self, service_id: u32, size: u32) -> Vec<u32> {
-        let chunk_slots = MAGLEV_CHUNK_SLOTS as usize;
-        let mut table = Vec::with_capacity(size as usize);
-        for chunk in 0..chunks(size) {
-            match self.chunks.get(&(service_id, chunk)) {
-                Some(slots) => table.extend_from_slice(slots),
-                None => table.extend(std::iter::repeat_n(0, chunk_slots)),
-            }
-        }
-        table.truncate(size as usize);
-        table
-    }
-}
 
 /// The operations of one apply and what they mean.
 #[derive(Clone, Debug, Default)]
@@ -141,21 +41,56 @@ pub struct Plan {
     pub ops: Vec<Op>,
     pub added: Vec<Frontend>,
     pub removed: Vec<Frontend>,
-    /// Every device a backend is delivered through once the plan is executed.
+    /// Devices of the backends this plan writes (the others' are [`Planner::devices`]).
     pub devices: BTreeSet<u32>,
-    pub(super) desired: BTreeMap<Frontend, DesiredService>,
+    /// Bookkeeping for [`Planner::commit`].
+    pub(super) book: Book,
+}
+
+/// What a plan changes in the planner's own state once it is executed.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Book {
+    /// Frontends planned from a new desired state (`None`: removed).
+    frontends: Vec<(Frontend, Option<Written>)>,
+    counts: Touched,
+}
+
+/// What the planner keeps of a frontend it wrote: enough to tell whether its desired state
+/// changed, to take back its counts and to show it, in a tenth of the desired state's size.
+#[derive(Clone, Debug)]
+pub(super) struct Written {
+    /// [`digest`] of the desired state it was written from.
+    pub digest: u64,
+    /// Its backends, in the desired state's order: id, and whether listed active.
+    pub backends: Box<[(u32, bool)]>,
+}
+
+/// Stands for a desired state in [`Written`]. Two different states share a digest with
+/// probability 2^-64 (the change would then be missed until the next full resync).
+fn digest(service: &DesiredService) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    service.hash(&mut hasher);
+    hasher.finish()
 }
 
 pub(super) struct Planner {
     configured_size: u32,
     mirror: Mirror,
-    last: BTreeMap<Frontend, DesiredService>,
+    /// Every frontend as last written.
+    last: BTreeMap<Frontend, Written>,
+    /// The next plan walks every frontend (start, re-read of the maps, failed apply).
+    full: bool,
     service_ids: Ids,
     backend_ids: Ids,
     /// Backend ids by key, for every backend in the mirror.
-    by_key: BTreeMap<SocketAddr, u32>,
+    by_key: HashMap<SocketAddr, u32>,
+    /// Over the frontends of `last`.
+    counts: Counts,
+    /// Per host-side device: the mirror's backends delivered through it.
+    devices: BTreeMap<u32, u32>,
     /// Recovered chunks or ranges may belong to no service: clean them once.
     sweep_orphans: bool,
+    views: Views,
 }
 
 impl Planner {
@@ -165,57 +100,122 @@ impl Planner {
             service_ids.recover(value.id);
         }
         let mut backend_ids = Ids::new(1, u32::MAX);
-        let mut by_key = BTreeMap::new();
-        for (&id, value) in &mirror.backends {
+        for &id in mirror.backends.keys() {
             backend_ids.recover(id);
-            by_key.entry(backend_key(value)).or_insert(id);
         }
-        Self {
+        let mut planner = Self {
             configured_size,
-            mirror,
+            mirror: Mirror::default(),
             last: BTreeMap::new(),
+            full: true,
             service_ids,
             backend_ids,
-            by_key,
+            by_key: HashMap::new(),
+            counts: Counts::default(),
+            devices: BTreeMap::new(),
             sweep_orphans: true,
-        }
+            views: Views::default(),
+        };
+        planner.index(mirror);
+        planner
     }
 
     /// Replaces the mirror with a fresh read of the maps (repairs entries changed behind the
     /// agent's back): the next plan diffs every frontend against it.
     pub(super) fn reload(&mut self, mirror: Mirror) {
-        self.mirror = mirror;
-        self.last.clear();
-        self.sweep_orphans = true;
-        self.by_key.clear();
-        for value in self.mirror.services.values() {
+        for value in mirror.services.values() {
             self.service_ids.mark(value.id);
         }
-        for (&id, value) in &self.mirror.backends {
+        for &id in mirror.backends.keys() {
             self.backend_ids.mark(id);
-            self.by_key.entry(backend_key(value)).or_insert(id);
         }
+        self.index(mirror);
+        self.last.clear();
+        self.full = true;
+        self.sweep_orphans = true;
+        self.views.invalidate();
         self.sync_ids();
+    }
+
+    /// Takes `mirror` and rebuilds what is derived from it.
+    fn index(&mut self, mirror: Mirror) {
+        self.by_key.clear();
+        self.devices.clear();
+        for (&id, value) in &mirror.backends {
+            self.by_key.entry(backend_key(value)).or_insert(id);
+            count_device(&mut self.devices, value.ifindex, true);
+        }
+        self.mirror = mirror;
     }
 
     pub(super) fn mirror(&self) -> &Mirror {
         &self.mirror
     }
 
-    pub(super) fn mirror_mut(&mut self) -> &mut Mirror {
-        &mut self.mirror
+    /// Host-side devices the mirror's backends are delivered through.
+    pub(super) fn devices(&self) -> BTreeSet<u32> {
+        self.devices.keys().copied().collect()
     }
 
-    pub(super) fn commit(&mut self, desired: BTreeMap<Frontend, DesiredService>) {
-        self.last = desired;
+    /// Follows one successful operation (the mirror, and what is derived from it).
+    pub(super) fn record(&mut self, op: &Op) {
+        match op {
+            Op::PutBackend { id, value } => {
+                if let Some(old) = self.mirror.backends.get(id) {
+                    count_device(&mut self.devices, old.ifindex, false);
+                    let moved = |v: &BackendValue| (v.ifindex, v.flags & BACKEND_VETH_PEER);
+                    if moved(old) != moved(value) {
+                        self.views.invalidate();
+                    }
+                }
+                count_device(&mut self.devices, value.ifindex, true);
+            }
+            Op::DelBackend { id } => {
+                if let Some(old) = self.mirror.backends.get(id) {
+                    count_device(&mut self.devices, old.ifindex, false);
+                    let key = backend_key(old);
+                    if self.by_key.get(&key) == Some(id) {
+                        self.by_key.remove(&key);
+                    }
+                    self.backend_ids.free(*id);
+                }
+            }
+            Op::DelService { frontend } => {
+                if let Some(value) = self.mirror.services.get(frontend) {
+                    self.service_ids.free(value.id);
+                }
+            }
+            _ => {}
+        }
+        self.mirror.record(op);
+    }
+
+    /// After every operation of `plan` succeeded.
+    pub(super) fn commit(&mut self, plan: Plan) {
+        let book = plan.book;
+        self.counts.commit(book.counts);
+        let written: Vec<Frontend> = book.frontends.iter().map(|(f, _)| *f).collect();
+        for (frontend, service) in book.frontends {
+            match service {
+                Some(service) => self.last.insert(frontend, service),
+                None => self.last.remove(&frontend),
+            };
+        }
+        self.full = false;
         self.sweep_orphans = false;
-        self.sync_ids();
+        let source = Source {
+            mirror: &self.mirror,
+            last: &self.last,
+        };
+        self.views.update(written, &source);
     }
 
     /// After a failed execute: forget the desired state (replan everything against the
     /// mirror next time) and free ids that never reached the kernel.
     pub(super) fn abort(&mut self) {
         self.last.clear();
+        self.full = true;
+        self.views.invalidate();
         self.sync_ids();
     }
 
@@ -227,87 +227,154 @@ impl Planner {
         self.by_key.retain(|_, id| backends.contains(id));
     }
 
+    /// The operations that make the maps match `desired`. `changed` names every frontend
+    /// whose desired state may differ from the one the last plan saw (a superset is fine);
+    /// `None` compares them all.
     pub(super) fn plan(
         &mut self,
         desired: &BTreeMap<Frontend, DesiredService>,
+        changed: Option<&BTreeSet<Frontend>>,
         resolve: &mut dyn FnMut(IpAddr) -> Delivery,
     ) -> Result<Plan, L4Error> {
-        let mut plan = Plan {
-            desired: desired.clone(),
-            ..Plan::default()
+        let full = self.full || changed.is_none();
+        let candidates: BTreeSet<Frontend> = match changed {
+            Some(changed) if !full => changed.clone(),
+            _ => desired
+                .keys()
+                .chain(self.last.keys())
+                .chain(self.mirror.services.keys())
+                .copied()
+                .collect(),
         };
-        let changed: Vec<(&Frontend, &DesiredService)> = desired
-            .iter()
-            .filter(|(f, s)| self.last.get(f) != Some(s) || !self.mirror.services.contains_key(f))
-            .collect();
-        let removed: Vec<Frontend> = self
-            .mirror
-            .services
-            .keys()
-            .filter(|f| !desired.contains_key(f))
-            .copied()
-            .collect();
-
-        // Backends: one entry per (address, port), active when any frontend lists it active.
-        let mut wanted: BTreeMap<SocketAddr, bool> = BTreeMap::new();
-        for service in desired.values() {
-            for b in &service.backends {
-                *wanted.entry(SocketAddr::new(b.addr, b.port)).or_default() |=
-                    b.state == BackendState::Active;
+        let mut updated: Vec<(Frontend, &DesiredService, u64)> = Vec::new();
+        let mut removed: Vec<Frontend> = Vec::new();
+        for frontend in candidates {
+            match desired.get(&frontend) {
+                Some(service) => {
+                    let digest = digest(service);
+                    if self.last.get(&frontend).map(|w| w.digest) != Some(digest)
+                        || !self.mirror.services.contains_key(&frontend)
+                    {
+                        updated.push((frontend, service, digest));
+                    }
+                }
+                None => {
+                    if self.last.contains_key(&frontend)
+                        || self.mirror.services.contains_key(&frontend)
+                    {
+                        removed.push(frontend);
+                    }
+                }
             }
         }
-        // Re-resolve the backends of changed frontends too: a pod IP reused by a new pod sits
+        let mut plan = Plan::default();
+        // Counts after this plan, of every key and bit it touches (all of them when full).
+        let counts = if full {
+            Counts::of(desired)
+        } else {
+            let mut touching = self.counts.touch();
+            for frontend in updated.iter().map(|(f, _, _)| f).chain(&removed) {
+                if let Some(old) = self.last.get(frontend) {
+                    let backends = old.backends.iter().filter_map(|&(id, active)| {
+                        Some((backend_key(self.mirror.backends.get(&id)?), active))
+                    });
+                    touching.count(frontend, backends, false);
+                }
+            }
+            for (frontend, service, _) in &updated {
+                touching.count(frontend, keys(service), true);
+            }
+            touching.done()
+        };
+        let (refs, bits) = (&counts.refs, &counts.bits);
+
+        // Backends: one entry per (address, port), active when any frontend lists it active.
+        // Re-resolve the backends of changed frontends: a pod IP reused by a new pod sits
         // behind a new veth.
-        let refresh: BTreeSet<SocketAddr> = changed
-            .iter()
-            .flat_map(|(_, s)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
-            .collect();
-        let mut resolved: BTreeMap<IpAddr, Delivery> = BTreeMap::new();
-        for (&key, &active) in &wanted {
-            let known = self.by_key.get(&key).copied();
-            let id = match known {
-                Some(id) => id,
-                None => self
-                    .backend_ids
-                    .allocate()
-                    .ok_or(L4Error::IdsExhausted { kind: "backend" })?,
+        // (The first plan replans every frontend: no set of every key for that.)
+        let refresh_all = updated.len() == desired.len();
+        let refresh: BTreeSet<SocketAddr> = if refresh_all {
+            BTreeSet::new()
+        } else {
+            updated
+                .iter()
+                .flat_map(|(_, s, _)| s.backends.iter().map(|b| SocketAddr::new(b.addr, b.port)))
+                .collect()
+        };
+        // Keys come in address order: the ports of one address are adjacent.
+        let mut resolved: Option<(IpAddr, Delivery)> = None;
+        if full {
+            self.by_key
+                .reserve(refs.len().saturating_sub(self.by_key.len()));
+        }
+        for (&key, count) in refs {
+            if count.listed == 0 {
+                continue;
+            }
+            let id = match self.by_key.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = self
+                        .backend_ids
+                        .allocate()
+                        .ok_or(L4Error::IdsExhausted { kind: "backend" })?;
+                    self.by_key.insert(key, id);
+                    id
+                }
             };
-            self.by_key.insert(key, id);
             let current = self.mirror.backends.get(&id);
             let delivery = match current {
-                Some(value) if !refresh.contains(&key) => Delivery {
+                Some(value) if !refresh_all && !refresh.contains(&key) => Delivery {
                     ifindex: value.ifindex,
                     veth: value.flags & BACKEND_VETH_PEER != 0,
                 },
-                _ => *resolved
-                    .entry(key.ip())
-                    .or_insert_with(|| resolve(key.ip())),
+                _ => match resolved {
+                    Some((ip, delivery)) if ip == key.ip() => delivery,
+                    _ => resolved.insert((key.ip(), resolve(key.ip()))).1,
+                },
             };
-            let value = backend_value(key, active, delivery);
+            let value = backend_value(key, count.active > 0, delivery);
             if current != Some(&value) {
                 plan.ops.push(Op::PutBackend { id, value });
-            }
-            if value.ifindex != 0 {
-                plan.devices.insert(value.ifindex);
+                if value.ifindex != 0 {
+                    plan.devices.insert(value.ifindex);
+                }
             }
         }
 
         // The XDP program looks at a packet only when its destination's filter bit is set:
         // set new VIPs' bits before their services exist, clear bits only after the last
         // service of a VIP is gone.
-        let wanted_bits: BTreeSet<u32> = desired
-            .keys()
-            .map(|f| vip_filter_bit(&addr16(f.vip)))
+        let set: BTreeSet<u32> = bits
+            .iter()
+            .filter(|&(b, &n)| n > 0 && !self.mirror.filter.contains(b))
+            .map(|(&b, _)| b)
             .collect();
-        if !wanted_bits.is_subset(&self.mirror.filter) {
-            plan.ops.push(Op::PutFilter {
-                bits: self.mirror.filter.union(&wanted_bits).copied().collect(),
-            });
+        let clear: BTreeSet<u32> = if full {
+            // Also bits no frontend counts (maps written by someone else).
+            let wanted = |b: &u32| bits.get(b).is_some_and(|&n| n > 0);
+            self.mirror
+                .filter
+                .iter()
+                .filter(|b| !wanted(b))
+                .copied()
+                .collect()
+        } else {
+            bits.iter()
+                .filter(|&(b, &n)| n == 0 && self.mirror.filter.contains(b))
+                .map(|(&b, _)| b)
+                .collect()
+        };
+        let mut filter = None;
+        if !set.is_empty() {
+            let bits: BTreeSet<u32> = self.mirror.filter.union(&set).copied().collect();
+            plan.ops.push(Op::PutFilter { bits: bits.clone() });
+            filter = Some(bits);
         }
 
         let mut live_ids: BTreeSet<u32> = BTreeSet::new();
-        for (frontend, service) in changed {
-            let id = match self.mirror.services.get(frontend) {
+        for &(frontend, service, _) in &updated {
+            let id = match self.mirror.services.get(&frontend) {
                 Some(value) => value.id,
                 None => {
                     let id = self
@@ -315,12 +382,12 @@ impl Planner {
                         .allocate()
                         .ok_or(L4Error::IdsExhausted { kind: "service" })?;
                     plan.ops.push(Op::ZeroStats { service_id: id });
-                    plan.added.push(*frontend);
+                    plan.added.push(frontend);
                     id
                 }
             };
             live_ids.insert(id);
-            self.plan_service(&mut plan, *frontend, id, service);
+            self.plan_service(&mut plan, frontend, id, service);
         }
 
         for frontend in &removed {
@@ -356,16 +423,47 @@ impl Planner {
             }
         }
 
-        if !self.mirror.filter.is_subset(&wanted_bits) {
-            plan.ops.push(Op::PutFilter { bits: wanted_bits });
+        if !clear.is_empty() {
+            let mut bits = filter.unwrap_or_else(|| self.mirror.filter.clone());
+            bits.retain(|b| !clear.contains(b));
+            plan.ops.push(Op::PutFilter { bits });
         }
-        for (&id, value) in &self.mirror.backends {
-            let key = backend_key(value);
-            // Unwanted, or a second id for the same key (maps written by someone else).
-            if !wanted.contains_key(&key) || self.by_key.get(&key) != Some(&id) {
-                plan.ops.push(Op::DelBackend { id });
+        if full {
+            for (&id, value) in &self.mirror.backends {
+                let key = backend_key(value);
+                // Unwanted, or a second id for the same key (maps written by someone else).
+                let wanted = refs.get(&key).is_some_and(|r| r.listed > 0);
+                if !wanted || self.by_key.get(&key) != Some(&id) {
+                    plan.ops.push(Op::DelBackend { id });
+                }
+            }
+        } else {
+            for (key, count) in refs {
+                if count.listed == 0
+                    && let Some(&id) = self.by_key.get(key)
+                    && self.mirror.backends.contains_key(&id)
+                {
+                    plan.ops.push(Op::DelBackend { id });
+                }
             }
         }
+
+        plan.book.frontends = updated
+            .into_iter()
+            .map(|(frontend, service, digest)| {
+                let backends = service
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        let id = *self.by_key.get(&SocketAddr::new(b.addr, b.port))?;
+                        Some((id, b.state == BackendState::Active))
+                    })
+                    .collect();
+                (frontend, Some(Written { digest, backends }))
+            })
+            .chain(removed.into_iter().map(|f| (f, None)))
+            .collect();
+        plan.book.counts = counts;
         Ok(plan)
     }
 
@@ -386,17 +484,19 @@ impl Planner {
         } else {
             maglev::table_size(self.configured_size, active.len())
         };
-        let table = maglev::populate(size, &active);
-        let chunk_slots = MAGLEV_CHUNK_SLOTS as usize;
+        let input = Arc::new(MaglevInput {
+            size,
+            backends: active,
+        });
+        let table = input.table();
         for chunk in 0..chunks(size) {
-            let start = chunk as usize * chunk_slots;
-            let mut slots = table[start..(start + chunk_slots).min(table.len())].to_vec();
-            slots.resize(chunk_slots, 0);
-            if self.mirror.chunks.get(&(id, chunk)) != Some(&slots) {
+            let print = fingerprint(&MaglevInput::chunk(&table, chunk));
+            if self.mirror.chunks.get(&(id, chunk)) != Some(&print) {
                 plan.ops.push(Op::PutChunk {
                     service_id: id,
                     chunk,
-                    slots,
+                    table: input.clone(),
+                    fingerprint: print,
                 });
             }
         }
@@ -456,40 +556,38 @@ impl Planner {
         }
     }
 
-    pub(super) fn view(&self) -> Vec<ServiceView> {
-        let mut views = Vec::new();
-        for (frontend, value) in &self.mirror.services {
-            let backends = match self.last.get(frontend) {
-                Some(service) => service
-                    .backends
-                    .iter()
-                    .filter_map(|b| {
-                        let addr = SocketAddr::new(b.addr, b.port);
-                        let id = *self.by_key.get(&addr)?;
-                        let written = self.mirror.backends.get(&id)?;
-                        Some(BackendView {
-                            addr,
-                            id,
-                            active: b.state == BackendState::Active,
-                            ifindex: written.ifindex,
-                            veth: written.flags & BACKEND_VETH_PEER != 0,
-                        })
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
-            views.push(ServiceView {
-                frontend: *frontend,
-                service_id: value.id,
-                maglev_size: value.maglev_size,
-                backends,
-            });
-        }
-        views
+    /// [`Self::view`] built from scratch (tests: the kept one must be the same).
+    #[cfg(test)]
+    pub(super) fn fresh_view(&mut self) -> Vec<Arc<ServiceView>> {
+        self.views.invalidate();
+        self.view()
+    }
+
+    /// The steered services as written.
+    pub(super) fn view(&mut self) -> Vec<Arc<ServiceView>> {
+        let source = Source {
+            mirror: &self.mirror,
+            last: &self.last,
+        };
+        self.views.get(&source)
     }
 }
 
-fn chunks(size: u32) -> u32 {
+fn count_device(devices: &mut BTreeMap<u32, u32>, ifindex: u32, up: bool) {
+    if ifindex == 0 {
+        return;
+    }
+    if up {
+        *devices.entry(ifindex).or_default() += 1;
+    } else if let Some(n) = devices.get_mut(&ifindex) {
+        *n -= 1;
+        if *n == 0 {
+            devices.remove(&ifindex);
+        }
+    }
+}
+
+pub(super) fn chunks(size: u32) -> u32 {
     size.div_ceil(MAGLEV_CHUNK_SLOTS)
 }
 
@@ -517,28 +615,4 @@ fn backend_value(key: SocketAddr, active: bool, delivery: Delivery) -> BackendVa
         flags,
         ifindex: delivery.ifindex,
     }
-}
-
-/// The 16-byte form every L4 key and value uses.
-pub fn addr16(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The inverse of [`addr16`]: IPv4-mapped addresses come back as IPv4.
-pub fn from_addr16(bytes: [u8; 16]) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(bytes);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
-fn backend_key(value: &BackendValue) -> SocketAddr {
-    SocketAddr::new(
-        from_addr16(value.addr_be),
-        u16::from_be_bytes(value.port_be),
-    )
 }

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use aya::maps::{HashMap, PerCpuArray};
@@ -17,7 +18,7 @@ use vipwire_common::{
     maps,
 };
 
-use super::{BackendView, ServiceView, kernel, plan::from_addr16};
+use super::{BackendView, ServiceView, kernel, mirror::from_addr16};
 use crate::dataplane::{
     paths::PinPaths,
     status::{StatusError, open},
@@ -102,7 +103,7 @@ impl ServiceCounters {
 }
 
 /// The writer's services with the pinned counters.
-pub fn from_view(views: &[ServiceView], paths: &PinPaths) -> Vec<ServiceStatus> {
+pub fn from_view(views: &[Arc<ServiceView>], paths: &PinPaths) -> Vec<ServiceStatus> {
     let counters = read_counters(paths, views.iter().map(|v| v.service_id)).ok();
     views
         .iter()

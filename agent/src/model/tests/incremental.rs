@@ -157,6 +157,7 @@ fn check(seed: u64, config: &ModelConfig, steps: usize, seen: &mut Seen) {
     let mut rng = Rng(seed);
     let mut snapshot = Arc::new(Snapshot::default());
     let mut model = Incremental::new("n1", config.clone());
+    let mut before = Arc::default();
     for n in 0..steps {
         snapshot = Arc::new(step(&mut rng, &snapshot));
         let got = model.update(&snapshot).clone();
@@ -165,6 +166,21 @@ fn check(seed: u64, config: &ModelConfig, steps: usize, seen: &mut Seen) {
             *got, want,
             "seed {seed}, step {n}: incremental differs from desired"
         );
+        // The change hint covers every frontend that changed (the L4 writer trusts it).
+        let changes = model.take_changes();
+        assert_eq!(changes.is_none(), n == 0, "seed {seed}, step {n}");
+        if let Some(changes) = changes {
+            let old: &crate::model::Desired = &before;
+            for frontend in old.services.keys().chain(got.services.keys()) {
+                if old.services.get(frontend) != got.services.get(frontend) {
+                    assert!(
+                        changes.contains(frontend),
+                        "seed {seed}, step {n}: {frontend} changed but is not in the hint"
+                    );
+                }
+            }
+        }
+        before = got.clone();
         seen.l2 += usize::from(!want.l2.is_empty());
         seen.bgp += usize::from(!want.bgp.is_empty());
         seen.backends += usize::from(want.services.values().any(|s| !s.backends.is_empty()));

@@ -1,14 +1,17 @@
-//! The planner against an in-memory mirror: ordering, minimal deltas, id stability.
+//! The planner against in-memory maps: ordering, minimal deltas, id stability.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+mod fake;
+mod random;
+
+use std::{collections::BTreeMap, time::Duration};
 
 use vipwire_common::l4::{
     BACKEND_ACTIVE, BACKEND_VETH_PEER, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
 };
 
-use super::{Mirror, Op, plan::Planner};
+use self::fake::{Fake, Maps};
+use super::{Mirror, Op};
 use crate::{
-    dataplane::route::Delivery,
     model::{Backend, BackendState, DesiredService, Frontend, Protocol, TargetPort, TrafficPolicy},
     snapshot::ObjectKey,
 };
@@ -48,32 +51,16 @@ fn active(addrs: &[&str]) -> Vec<Backend> {
         .collect()
 }
 
-/// Plans and "executes" against the mirror, returning the ops.
-fn apply(planner: &mut Planner, desired: &BTreeMap<Frontend, DesiredService>) -> Vec<Op> {
-    let plan = planner
-        .plan(desired, &mut |addr: IpAddr| Delivery {
-            ifindex: u32::from(addr.to_string().ends_with(".2")) + 10,
-            veth: true,
-        })
-        .unwrap();
-    for op in &plan.ops {
-        planner.mirror_mut().record(op);
-    }
-    let ops = plan.ops.clone();
-    planner.commit(plan.desired);
-    ops
-}
-
 fn position(ops: &[Op], pred: impl Fn(&Op) -> bool) -> usize {
     ops.iter().position(pred).expect("op present")
 }
 
 #[test]
 fn a_new_service_writes_backends_then_chunks_then_the_service() {
-    let mut planner = Planner::new(1021, Mirror::default());
+    let mut planner = Fake::new(1021, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let desired = BTreeMap::from([(f, service(active(&["10.0.0.2", "10.0.0.3"])))]);
-    let ops = apply(&mut planner, &desired);
+    let ops = planner.apply(&desired);
     let last_backend = ops
         .iter()
         .rposition(|op| matches!(op, Op::PutBackend { .. }))
@@ -95,19 +82,25 @@ fn a_new_service_writes_backends_then_chunks_then_the_service() {
             .values()
             .all(|b| b.flags == BACKEND_ACTIVE | BACKEND_VETH_PEER)
     );
-    assert!(mirror.table(1, 1021).iter().all(|&id| id == 1 || id == 2));
+    assert!(
+        planner
+            .maps
+            .table(1, 1021)
+            .iter()
+            .all(|&id| id == 1 || id == 2)
+    );
     // The same desired state again: nothing to do.
-    assert!(apply(&mut planner, &desired).is_empty());
+    assert!(planner.apply(&desired).is_empty());
 }
 
 #[test]
 fn removing_a_service_deletes_service_then_chunks_then_backends() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let mut desired = BTreeMap::from([(f, service(active(&["10.0.0.2"])))]);
     desired.get_mut(&f).unwrap().source_ranges = Some(vec!["10.1.0.0/16".parse().unwrap()]);
-    apply(&mut planner, &desired);
-    let ops = apply(&mut planner, &BTreeMap::new());
+    planner.apply(&desired);
+    let ops = planner.apply(&BTreeMap::new());
     let svc = position(&ops, |op| matches!(op, Op::DelService { .. }));
     let chunk = position(&ops, |op| matches!(op, Op::DelChunk { .. }));
     let range = position(&ops, |op| matches!(op, Op::DelRange { .. }));
@@ -121,18 +114,18 @@ fn removing_a_service_deletes_service_then_chunks_then_backends() {
 
 #[test]
 fn draining_backends_stay_without_the_active_flag_and_leave_the_table() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
-    apply(
-        &mut planner,
-        &BTreeMap::from([(f, service(active(&["10.0.0.2", "10.0.0.3"])))]),
-    );
+    planner.apply(&BTreeMap::from([(
+        f,
+        service(active(&["10.0.0.2", "10.0.0.3"])),
+    )]));
     let ids = planner.mirror().backends.clone();
     let drained = vec![
         backend("10.0.0.2", BackendState::Active),
         backend("10.0.0.3", BackendState::Draining),
     ];
-    let ops = apply(&mut planner, &BTreeMap::from([(f, service(drained))]));
+    let ops = planner.apply(&BTreeMap::from([(f, service(drained))]));
     let mirror = planner.mirror();
     assert_eq!(mirror.backends.len(), 2, "ids kept: {ids:?}");
     let id3 = *mirror
@@ -142,14 +135,14 @@ fn draining_backends_stay_without_the_active_flag_and_leave_the_table() {
         .unwrap()
         .0;
     assert_eq!(mirror.backends[&id3].flags & BACKEND_ACTIVE, 0);
-    assert!(!mirror.table(1, 251).contains(&id3));
+    assert!(!planner.maps.table(1, 251).contains(&id3));
     assert!(
         !ops.iter().any(|op| matches!(op, Op::PutService { .. })),
         "{ops:?}"
     );
     // Nothing active: size 0 first, then the chunks go.
     let none = vec![backend("10.0.0.2", BackendState::Draining)];
-    let ops = apply(&mut planner, &BTreeMap::from([(f, service(none))]));
+    let ops = planner.apply(&BTreeMap::from([(f, service(none))]));
     let svc = position(&ops, |op| matches!(op, Op::PutService { .. }));
     let chunk = position(&ops, |op| matches!(op, Op::DelChunk { .. }));
     assert!(svc < chunk);
@@ -159,14 +152,11 @@ fn draining_backends_stay_without_the_active_flag_and_leave_the_table() {
 
 #[test]
 fn surviving_backends_keep_their_ids_and_almost_all_their_slots() {
-    let mut planner = Planner::new(1021, Mirror::default());
+    let mut planner = Fake::new(1021, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let addrs = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"];
-    apply(
-        &mut planner,
-        &BTreeMap::from([(f, service(active(&addrs)))]),
-    );
-    let before = planner.mirror().table(1, 1021);
+    planner.apply(&BTreeMap::from([(f, service(active(&addrs)))]));
+    let before = planner.maps.table(1, 1021);
     let removed_id = *planner
         .mirror()
         .backends
@@ -174,11 +164,11 @@ fn surviving_backends_keep_their_ids_and_almost_all_their_slots() {
         .find(|(_, b)| b.addr_be[15] == 4)
         .unwrap()
         .0;
-    apply(
-        &mut planner,
-        &BTreeMap::from([(f, service(active(&["10.0.0.2", "10.0.0.3", "10.0.0.5"])))]),
-    );
-    let after = planner.mirror().table(1, 1021);
+    planner.apply(&BTreeMap::from([(
+        f,
+        service(active(&["10.0.0.2", "10.0.0.3", "10.0.0.5"])),
+    )]));
+    let after = planner.maps.table(1, 1021);
     let moved = before
         .iter()
         .zip(&after)
@@ -187,17 +177,14 @@ fn surviving_backends_keep_their_ids_and_almost_all_their_slots() {
     assert!(moved < 30, "{moved} slots of surviving backends moved");
     assert!(!planner.mirror().backends.contains_key(&removed_id));
     // A backend coming back gets a new id, never the freed one.
-    apply(
-        &mut planner,
-        &BTreeMap::from([(f, service(active(&addrs)))]),
-    );
+    planner.apply(&BTreeMap::from([(f, service(active(&addrs)))]));
     assert!(!planner.mirror().backends.contains_key(&removed_id));
     assert_eq!(planner.mirror().backends.len(), 4);
 }
 
 #[test]
 fn source_ranges_and_affinity_set_their_flags_and_fail_closed_when_empty() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let mut svc = service(active(&["10.0.0.2"]));
     svc.session_affinity = Some(Duration::from_secs(10800));
@@ -205,7 +192,7 @@ fn source_ranges_and_affinity_set_their_flags_and_fail_closed_when_empty() {
         "10.1.2.3/16".parse().unwrap(),
         "fd00::/8".parse().unwrap(),
     ]);
-    apply(&mut planner, &BTreeMap::from([(f, svc.clone())]));
+    planner.apply(&BTreeMap::from([(f, svc.clone())]));
     let value = planner.mirror().services[&f];
     assert_eq!(value.flags, SERVICE_AFFINITY | SERVICE_SOURCE_RANGES);
     assert_eq!(value.affinity_timeout_s, 10800);
@@ -218,7 +205,7 @@ fn source_ranges_and_affinity_set_their_flags_and_fail_closed_when_empty() {
         .collect();
     assert_eq!(ranges, ["10.1.0.0/16"]);
     svc.source_ranges = Some(Vec::new());
-    apply(&mut planner, &BTreeMap::from([(f, svc)]));
+    planner.apply(&BTreeMap::from([(f, svc)]));
     assert!(planner.mirror().ranges.is_empty());
     assert_eq!(
         planner.mirror().services[&f].flags & SERVICE_SOURCE_RANGES,
@@ -228,7 +215,7 @@ fn source_ranges_and_affinity_set_their_flags_and_fail_closed_when_empty() {
 
 #[test]
 fn a_restarted_planner_over_the_same_maps_writes_nothing_and_keeps_ids() {
-    let mut planner = Planner::new(1021, Mirror::default());
+    let mut planner = Fake::new(1021, Mirror::default());
     let desired = BTreeMap::from([
         (
             frontend("192.0.2.1", 80),
@@ -237,19 +224,19 @@ fn a_restarted_planner_over_the_same_maps_writes_nothing_and_keeps_ids() {
         (frontend("2001:db8::1", 443), service(active(&["fd00::2"]))),
         (frontend("192.0.2.1", 81), service(Vec::new())),
     ]);
-    apply(&mut planner, &desired);
+    planner.apply(&desired);
     // Ids are handed out in frontend order; remove one to leave a gap.
     let mut fewer = desired.clone();
     fewer.remove(&frontend("192.0.2.1", 81));
-    apply(&mut planner, &fewer);
+    planner.apply(&fewer);
     let mirror = planner.mirror().clone();
-    let mut restarted = Planner::new(1021, mirror.clone());
-    assert!(apply(&mut restarted, &fewer).is_empty());
+    let mut restarted = Fake::over(1021, mirror.clone(), planner.maps.clone());
+    assert!(restarted.apply(&fewer).is_empty());
     assert_eq!(restarted.mirror(), &mirror);
     // A new service after the restart does not get the freed id 3 back.
     let mut more = fewer.clone();
     more.insert(frontend("192.0.2.9", 80), service(active(&["10.0.0.9"])));
-    apply(&mut restarted, &more);
+    restarted.apply(&more);
     assert_eq!(
         restarted.mirror().services[&frontend("192.0.2.9", 80)].id,
         4
@@ -259,10 +246,10 @@ fn a_restarted_planner_over_the_same_maps_writes_nothing_and_keeps_ids() {
 #[test]
 fn orphaned_chunks_and_ranges_are_swept_once() {
     let mut mirror = Mirror::default();
-    mirror.chunks.insert((77, 0), vec![0; 1024]);
+    mirror.chunks.insert((77, 0), 0);
     mirror.ranges.insert((77, "10.0.0.0/8".parse().unwrap()));
-    let mut planner = Planner::new(251, mirror);
-    let ops = apply(&mut planner, &BTreeMap::new());
+    let mut planner = Fake::new(251, mirror);
+    let ops = planner.apply(&BTreeMap::new());
     assert_eq!(ops.len(), 2, "{ops:?}");
     assert!(!ops.iter().any(|op| matches!(op, Op::PutFilter { .. })));
     assert_eq!(planner.mirror(), &Mirror::default());
@@ -270,7 +257,7 @@ fn orphaned_chunks_and_ranges_are_swept_once() {
 
 #[test]
 fn only_changed_frontends_are_replanned() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let mut desired: BTreeMap<_, _> = (1..=50u8)
         .map(|i| {
             (
@@ -279,19 +266,19 @@ fn only_changed_frontends_are_replanned() {
             )
         })
         .collect();
-    apply(&mut planner, &desired);
+    planner.apply(&desired);
     desired.insert(frontend("192.0.2.200", 80), service(active(&["10.0.2.1"])));
-    let ops = apply(&mut planner, &desired);
+    let ops = planner.apply(&desired);
     // The VIP's filter bit, one backend, one chunk, stats, one service.
     assert_eq!(ops.len(), 5, "{ops:?}");
 }
 
 #[test]
 fn vip_filter_bits_are_set_before_services_and_cleared_after() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let (f1, f2) = (frontend("192.0.2.1", 80), frontend("192.0.2.1", 443));
     let desired = BTreeMap::from([(f1, service(active(&["10.0.0.2"])))]);
-    let ops = apply(&mut planner, &desired);
+    let ops = planner.apply(&desired);
     let filter = position(&ops, |op| matches!(op, Op::PutFilter { .. }));
     let svc = position(&ops, |op| matches!(op, Op::PutService { .. }));
     assert!(filter < svc, "{ops:?}");
@@ -301,18 +288,18 @@ fn vip_filter_bits_are_set_before_services_and_cleared_after() {
         (f1, service(active(&["10.0.0.2"]))),
         (f2, service(Vec::new())),
     ]);
-    let ops = apply(&mut planner, &both);
+    let ops = planner.apply(&both);
     assert!(
         !ops.iter().any(|op| matches!(op, Op::PutFilter { .. })),
         "{ops:?}"
     );
     // One port left: the VIP still has a frontend, the bit stays.
-    let ops = apply(&mut planner, &BTreeMap::from([(f2, service(Vec::new()))]));
+    let ops = planner.apply(&BTreeMap::from([(f2, service(Vec::new()))]));
     assert!(
         !ops.iter().any(|op| matches!(op, Op::PutFilter { .. })),
         "{ops:?}"
     );
-    let ops = apply(&mut planner, &BTreeMap::new());
+    let ops = planner.apply(&BTreeMap::new());
     let del = position(&ops, |op| matches!(op, Op::DelService { .. }));
     let filter = position(&ops, |op| matches!(op, Op::PutFilter { .. }));
     assert!(del < filter, "{ops:?}");
@@ -321,18 +308,19 @@ fn vip_filter_bits_are_set_before_services_and_cleared_after() {
 
 #[test]
 fn a_reload_repairs_entries_changed_behind_our_back() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let desired = BTreeMap::from([(f, service(active(&["10.0.0.2", "10.0.0.3"])))]);
-    apply(&mut planner, &desired);
+    planner.apply(&desired);
     let good = planner.mirror().clone();
     // Someone deleted a backend and zeroed the service's table size.
-    let mut edited = good.clone();
-    let first = *edited.backends.keys().next().unwrap();
-    edited.backends.remove(&first);
-    edited.services.get_mut(&f).unwrap().maglev_size = 0;
-    planner.reload(edited);
-    let ops = apply(&mut planner, &desired);
+    let first = *good.backends.keys().next().unwrap();
+    planner.maps.backends.remove(&first);
+    planner.maps.services.get_mut(&f).unwrap().maglev_size = 0;
+    let edited = planner.maps.read();
+    assert_ne!(edited, good);
+    planner.planner.reload(edited);
+    let ops = planner.apply(&desired);
     // The lost backend comes back under a new id (its old one may still sit in conntrack
     // entries that were re-balanced meanwhile), so its slots are rewritten too.
     assert!(
@@ -345,25 +333,25 @@ fn a_reload_repairs_entries_changed_behind_our_back() {
     );
     assert_eq!(planner.mirror().services[&f].maglev_size, 251);
     assert_eq!(planner.mirror().backends.len(), 2);
-    assert!(apply(&mut planner, &desired).is_empty());
+    assert!(planner.apply(&desired).is_empty());
 }
 
 #[test]
 fn a_second_id_for_the_same_backend_is_removed() {
-    let mut planner = Planner::new(251, Mirror::default());
+    let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let desired = BTreeMap::from([(f, service(active(&["10.0.0.2"])))]);
-    apply(&mut planner, &desired);
-    let mut mirror = planner.mirror().clone();
-    let (&id, &value) = mirror.backends.iter().next().unwrap();
-    mirror.backends.insert(id + 100, value);
-    let mut restarted = Planner::new(251, mirror);
-    let ops = apply(&mut restarted, &desired);
+    planner.apply(&desired);
+    let mut maps: Maps = planner.maps.clone();
+    let (&id, &value) = maps.backends.iter().next().unwrap();
+    maps.backends.insert(id + 100, value);
+    let mut restarted = Fake::over(251, maps.read(), maps);
+    let ops = restarted.apply(&desired);
     assert_eq!(ops.len(), 1, "{ops:?}");
     assert_eq!(restarted.mirror().backends.len(), 1);
     assert!(
         restarted
-            .mirror()
+            .maps
             .table(1, 251)
             .iter()
             .all(|&slot| slot == restarted.mirror().backends.keys().copied().next().unwrap())

@@ -1,0 +1,152 @@
+//! The writer's reference counts, over the frontends it has written: per backend key, how many
+//! list it and how many list it active (the entry lives while one lists it, and is active
+//! while one lists it active); per VIP filter bit, how many have a VIP with that bit. A plan
+//! computes the new counts of the keys and bits it touches from the frontends it replans
+//! ([`Counts::touch`]); they become the writer's once the plan has been executed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use vipwire_common::l4::vip_filter_bit;
+
+use super::mirror::addr16;
+use crate::model::{BackendState, DesiredService, Frontend};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Refs {
+    pub listed: u32,
+    pub active: u32,
+}
+
+impl Refs {
+    fn add(&mut self, active: bool, up: bool) {
+        let active = u32::from(active);
+        if up {
+            self.listed += 1;
+            self.active += active;
+        } else {
+            // Counts are taken back from the frontends that gave them: never below zero.
+            self.listed = self.listed.saturating_sub(1);
+            self.active = self.active.saturating_sub(active);
+        }
+    }
+}
+
+/// New counts of what a plan touches (zero: no longer counted).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Touched {
+    /// Every key and bit is here: these replace the counts instead of updating them.
+    pub full: bool,
+    pub refs: BTreeMap<SocketAddr, Refs>,
+    pub bits: BTreeMap<u32, u32>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    refs: HashMap<SocketAddr, Refs>,
+    bits: HashMap<u32, u32>,
+}
+
+impl Counts {
+    /// The counts of `desired`, from nothing.
+    pub fn of<'a>(
+        desired: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
+    ) -> Touched {
+        let mut touching = Touching {
+            base: None,
+            touched: Touched {
+                full: true,
+                ..Touched::default()
+            },
+        };
+        for (frontend, service) in desired {
+            touching.count(frontend, keys(service), true);
+        }
+        touching.touched
+    }
+
+    /// Starts the new counts of what a plan touches: it takes back the contributions of the
+    /// frontends it replans and adds their new ones ([`Touching::count`]).
+    pub fn touch(&self) -> Touching<'_> {
+        Touching {
+            base: Some(self),
+            touched: Touched::default(),
+        }
+    }
+
+    pub fn commit(&mut self, touched: Touched) {
+        if touched.full {
+            // Sized once: growing by doubling would hold two tables at once, several times.
+            self.refs = HashMap::with_capacity(touched.refs.len());
+            self.bits = HashMap::with_capacity(touched.bits.len());
+        }
+        for (key, refs) in touched.refs {
+            if refs.listed == 0 {
+                self.refs.remove(&key);
+            } else {
+                self.refs.insert(key, refs);
+            }
+        }
+        for (bit, n) in touched.bits {
+            if n == 0 {
+                self.bits.remove(&bit);
+            } else {
+                self.bits.insert(bit, n);
+            }
+        }
+    }
+}
+
+/// The backend keys of a desired frontend, each with whether it is listed active.
+pub(super) fn keys(service: &DesiredService) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+    service.backends.iter().map(|b| {
+        (
+            SocketAddr::new(b.addr, b.port),
+            b.state == BackendState::Active,
+        )
+    })
+}
+
+pub(super) struct Touching<'a> {
+    base: Option<&'a Counts>,
+    touched: Touched,
+}
+
+impl Touching<'_> {
+    /// Adds (`up`) or takes back one frontend's contribution: its backend keys, each with
+    /// whether it lists the key active ([`keys`]), and its VIP's filter bit.
+    pub fn count(
+        &mut self,
+        frontend: &Frontend,
+        backends: impl IntoIterator<Item = (SocketAddr, bool)>,
+        up: bool,
+    ) {
+        let base = self.base;
+        for (key, active) in backends {
+            self.touched
+                .refs
+                .entry(key)
+                .or_insert_with(|| {
+                    base.and_then(|b| b.refs.get(&key).copied())
+                        .unwrap_or_default()
+                })
+                .add(active, up);
+        }
+        let bit = filter_bit(frontend);
+        let n = self.touched.bits.entry(bit).or_insert_with(|| {
+            base.and_then(|b| b.bits.get(&bit).copied())
+                .unwrap_or_default()
+        });
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    pub fn done(self) -> Touched {
+        self.touched
+    }
+}
+
+pub(super) fn filter_bit(frontend: &Frontend) -> u32 {
+    vip_filter_bit(&addr16(frontend.vip))
+}
