@@ -1,5 +1,12 @@
 //! Flows: which backend a packet goes to, and the conntrack entries that keep it there.
 
+// Keys and values live in the scratch slot and are passed to the map helpers by reference:
+// by value, each would be copied onto the BPF stack first.
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value the keys and values would be copied onto the BPF stack"
+)]
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use vipwire_common::{
     Reason,
@@ -47,10 +54,6 @@ const _: () = {
 /// kube-proxy's conntrack). `None`: a new flow (or its backend is gone).
 #[inline(never)]
 pub fn established_packet(scratch: &mut Scratch) -> u64 {
-    #[allow(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value the 40-byte key would be copied onto the BPF stack"
-    )]
     let Some(entry) = maps::CONNTRACK.get_ptr(&scratch.ct) else {
         return Verdict::NONE;
     };
