@@ -325,7 +325,6 @@ fn reconcile(
         previous.desired = Arc::default();
     }
     let desired = target.model.update(snapshot).clone();
-    let changes = target.model.take_changes();
     // Said once, when they appear (the list is usually short; it is sorted).
     for warning in &desired.warnings {
         if warned
@@ -366,7 +365,10 @@ fn reconcile(
         }
     }
     // A full map or a failed write must not stop the agent (L2, BGP and the flows already
-    // steered go on): say so, and try again from the maps' real content next time.
+    // steered go on): say so, and try again from the maps' real content next time. The
+    // model's change list is taken here, next to its only user: an early return above must
+    // not drop it (later plans would never revisit those frontends).
+    let changes = target.model.take_changes();
     let l4 = plane
         .apply_l4_changed(&desired.services, changes.as_ref())
         .unwrap_or_else(|err| {

@@ -368,7 +368,7 @@ fn written_tables_steer_flows_and_keep_established_ones() {
             service(&[(a1, Active), (a2, Draining)]),
         )]))
         .unwrap();
-    assert_eq!(run_xdp(&mut plane, &flow(a2_flow).frame()).1, a2_id);
+    assert_eq!(run_xdp(&mut plane, &flow(a2_flow).later_frame()).1, a2_id);
     for sport in 41000..41020 {
         assert_eq!(run_xdp(&mut plane, &flow(sport).frame()).1, a1_id);
     }
@@ -376,7 +376,7 @@ fn written_tables_steer_flows_and_keep_established_ones() {
     plane
         .apply_l4(&BTreeMap::from([(web, service(&[(a1, Active)]))]))
         .unwrap();
-    assert_eq!(run_xdp(&mut plane, &flow(a2_flow).frame()).1, a1_id);
+    assert_eq!(run_xdp(&mut plane, &flow(a2_flow).later_frame()).1, a1_id);
     // No service: the VIP is not ours any more, the frame passes untouched.
     plane.apply_l4(&BTreeMap::new()).unwrap();
     let frame = flow(40000).frame();

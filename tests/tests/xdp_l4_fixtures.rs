@@ -277,6 +277,12 @@ fn a_syn_starts_over_on_the_current_table() {
         (11, "10.244.0.11")
     };
     fill_maglev(&mut h, 10, 2039, &[other.0]);
+    // A SYN-ACK is no connection request: it follows conntrack.
+    let syn_ack = f.frame_with(Shape {
+        tcp_flags: l4packets::TCP_SYN | l4packets::TCP_ACK,
+        ..Shape::default()
+    });
+    assert_eq!(verify(&steer(&mut h, &syn_ack)).dst, first_dst, "SYN-ACK");
     // A SYN asks for a new connection: it is not looked up in conntrack (a retransmitted
     // SYN across an endpoint change starts over on the new backend), and the flow's
     // entries then name the new backend, both ways.

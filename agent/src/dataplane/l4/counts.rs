@@ -27,7 +27,9 @@ impl Refs {
             self.listed += 1;
             self.active += active;
         } else {
-            // Counts are taken back from the frontends that gave them: never below zero.
+            // Counts are taken back from the frontends that gave them: never below zero
+            // (checked in debug builds, where the randomized planner test would catch drift).
+            debug_assert!(self.listed > 0 && self.active >= active, "count drift");
             self.listed = self.listed.saturating_sub(1);
             self.active = self.active.saturating_sub(active);
         }

@@ -17,23 +17,23 @@ use std::{
     sync::Arc,
 };
 
-use ipnet::IpNet;
 use vipwire_common::l4::{
-    BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MAGLEV_CHUNK_SLOTS, SERVICE_AFFINITY,
-    SERVICE_IDS, SERVICE_SOURCE_RANGES, ServiceValue,
+    BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MAGLEV_CHUNK_SLOTS, SERVICE_IDS,
 };
 
 use super::{
     L4Error, ServiceView,
     counts::{Counts, Touched, keys},
     ids::Ids,
-    mirror::{MaglevInput, Mirror, Op, addr16, backend_key, fingerprint},
+    mirror::{Mirror, Op, addr16, backend_key},
     view::{Source, Views},
 };
 use crate::{
-    dataplane::{maglev, route::Delivery},
+    dataplane::route::Delivery,
     model::{BackendState, DesiredService, Frontend},
 };
+
+mod tables;
 
 /// The operations of one apply and what they mean.
 #[derive(Clone, Debug, Default)]
@@ -215,6 +215,9 @@ impl Planner {
     pub(super) fn abort(&mut self) {
         self.last.clear();
         self.full = true;
+        // A service whose entry was deleted before its chunks or ranges failed to go: its id
+        // is free again, so only the orphan sweep would find them.
+        self.sweep_orphans = true;
         self.views.invalidate();
         self.sync_ids();
     }
@@ -467,95 +470,6 @@ impl Planner {
         Ok(plan)
     }
 
-    /// Chunks and ranges first, then the service entry, then what the new entry no longer
-    /// reaches (chunks past a shrunk table, ranges no longer allowed).
-    fn plan_service(&self, plan: &mut Plan, frontend: Frontend, id: u32, service: &DesiredService) {
-        let active: Vec<(SocketAddr, u32)> = service
-            .backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active)
-            .filter_map(|b| {
-                let key = SocketAddr::new(b.addr, b.port);
-                self.by_key.get(&key).map(|&id| (key, id))
-            })
-            .collect();
-        let size = if active.is_empty() {
-            0
-        } else {
-            maglev::table_size(self.configured_size, active.len())
-        };
-        let input = Arc::new(MaglevInput {
-            size,
-            backends: active,
-        });
-        let table = input.table();
-        for chunk in 0..chunks(size) {
-            let print = fingerprint(&MaglevInput::chunk(&table, chunk));
-            if self.mirror.chunks.get(&(id, chunk)) != Some(&print) {
-                plan.ops.push(Op::PutChunk {
-                    service_id: id,
-                    chunk,
-                    table: input.clone(),
-                    fingerprint: print,
-                });
-            }
-        }
-        let ranges: BTreeSet<IpNet> = service
-            .source_ranges
-            .iter()
-            .flatten()
-            .filter(|r| r.addr().is_ipv4() == frontend.vip.is_ipv4())
-            .map(IpNet::trunc)
-            .collect();
-        for &range in &ranges {
-            if !self.mirror.ranges.contains(&(id, range)) {
-                plan.ops.push(Op::PutRange {
-                    service_id: id,
-                    range,
-                });
-            }
-        }
-        let mut flags = 0;
-        let mut affinity_timeout_s = 0;
-        if let Some(timeout) = service.session_affinity {
-            flags |= SERVICE_AFFINITY;
-            affinity_timeout_s = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
-        }
-        if service.source_ranges.is_some() {
-            flags |= SERVICE_SOURCE_RANGES;
-        }
-        let value = ServiceValue {
-            id,
-            flags,
-            maglev_size: size,
-            affinity_timeout_s,
-        };
-        if self.mirror.services.get(&frontend) != Some(&value) {
-            plan.ops.push(Op::PutService { frontend, value });
-        }
-        for (&(service_id, chunk), _) in
-            self.mirror.chunks.range((id, chunks(size))..(id, u32::MAX))
-        {
-            plan.ops.push(Op::DelChunk { service_id, chunk });
-        }
-        for &(service_id, range) in self.mirror.ranges.range(range_bounds(id)) {
-            if !ranges.contains(&range) {
-                plan.ops.push(Op::DelRange { service_id, range });
-            }
-        }
-    }
-
-    /// Deletes the chunks from `from_chunk` on and every range of `id`.
-    fn delete_tables(&self, plan: &mut Plan, id: u32, from_chunk: u32) {
-        for (&(service_id, chunk), _) in self.mirror.chunks.range((id, from_chunk)..=(id, u32::MAX))
-        {
-            plan.ops.push(Op::DelChunk { service_id, chunk });
-        }
-        for &(service_id, range) in self.mirror.ranges.range(range_bounds(id)) {
-            plan.ops.push(Op::DelRange { service_id, range });
-        }
-    }
-
     /// [`Self::view`] built from scratch (tests: the kept one must be the same).
     #[cfg(test)]
     pub(super) fn fresh_view(&mut self) -> Vec<Arc<ServiceView>> {
@@ -589,15 +503,6 @@ fn count_device(devices: &mut BTreeMap<u32, u32>, ifindex: u32, up: bool) {
 
 pub(super) fn chunks(size: u32) -> u32 {
     size.div_ceil(MAGLEV_CHUNK_SLOTS)
-}
-
-fn range_bounds(id: u32) -> std::ops::RangeInclusive<(u32, IpNet)> {
-    let lowest = IpNet::V4(ipnet::Ipv4Net::default());
-    let highest = IpNet::V6(ipnet::Ipv6Net::new_assert(
-        std::net::Ipv6Addr::from(u128::MAX),
-        128,
-    ));
-    (id, lowest)..=(id, highest)
 }
 
 fn backend_value(key: SocketAddr, active: bool, delivery: Delivery) -> BackendValue {

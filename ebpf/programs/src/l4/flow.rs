@@ -1,7 +1,5 @@
 //! Flows: which backend a packet goes to, and the conntrack entries that keep it there.
 
-// Keys and values live in the scratch slot and are passed to the map helpers by reference:
-// by value, each would be copied onto the BPF stack first.
 #![allow(
     clippy::needless_borrows_for_generic_args,
     reason = "by value the keys and values would be copied onto the BPF stack"
@@ -48,8 +46,8 @@ const _: () = {
 };
 
 /// A packet of an established flow (`scratch.ct` in conntrack, its backend still there):
-/// aimed at that backend, without looking at the service again. Checked first because it is
-/// the common case; the service's source ranges were checked when the flow started (an
+/// aimed at that backend, without looking at the service again. Checked before the service
+/// for every packet but a TCP SYN (the common case); the service's source ranges were checked when the flow started (an
 /// established flow survives a change of `loadBalancerSourceRanges`, as it would through
 /// kube-proxy's conntrack). `None`: a new flow (or its backend is gone).
 #[inline(never)]

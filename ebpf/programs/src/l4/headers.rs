@@ -5,7 +5,7 @@
 //! routing without segments left, fragment, AH) are walked, at most [`MAX_EXT_HEADERS`].
 
 use aya_ebpf::programs::XdpContext;
-use vipwire_common::l4::is_v4_mapped;
+use vipwire_common::l4::v4_mapped;
 
 use crate::{
     parse::{ETH_HLEN, ptr_at},
@@ -152,6 +152,18 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
     if hdr.vtc_flow[0] >> 4 != 6 {
         return None;
     }
+    // An IPv4-mapped destination is never routed (RFC 4291 2.5.5.2): not for the IPv4
+    // frontend whose key it would match.
+    const MAPPED: [u8; 16] = v4_mapped([0; 4]);
+    let frame = ip.cast::<u8>();
+    // SAFETY: ptr_at checked the whole header; the destination is at 24..40.
+    if unsafe {
+        words::load64::<24>(frame) == 0
+            && words::load32::<32>(frame)
+                == u32::from_le_bytes([MAPPED[8], MAPPED[9], MAPPED[10], MAPPED[11]])
+    } {
+        return None;
+    }
     let mut proto = hdr.next_header;
     let mut offset = ETH_HLEN + size_of::<Ipv6Hdr>();
     let mut fragment = Fragment::Whole;
@@ -200,11 +212,6 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
         proto,
         IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING | IPPROTO_AH | IPPROTO_FRAGMENT
     ) {
-        return None;
-    }
-    // An IPv4-mapped destination is never routed (RFC 4291 2.5.5.2): not for the IPv4
-    // frontend whose key it would match.
-    if is_v4_mapped(&hdr.dst) {
         return None;
     }
     out.v6 = true;

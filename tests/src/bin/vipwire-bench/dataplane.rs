@@ -53,7 +53,12 @@ const CALL_ROUNDS: u32 = 10;
 pub fn measure() -> Report {
     // For working on one part: VIPWIRE_BENCH_DATAPLANE_ONLY=l2cost|l4cost|flood|l4lab (the
     // others are skipped).
+    const PARTS: [&str; 4] = ["l2cost", "l4cost", "flood", "l4lab"];
     let only = std::env::var("VIPWIRE_BENCH_DATAPLANE_ONLY").unwrap_or_default();
+    assert!(
+        only.is_empty() || PARTS.contains(&only.as_str()),
+        "VIPWIRE_BENCH_DATAPLANE_ONLY={only}: not one of {PARTS:?}"
+    );
     let run = |part: &str| only.is_empty() || only == part;
     let mut report = Report::new("dataplane");
     if run("l2cost") {

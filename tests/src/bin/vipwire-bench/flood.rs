@@ -61,7 +61,8 @@ const XDP_SINK: &str = "vipwire_xdp_sink";
 /// instead of 8.5M): calls are made long enough for that to stay a few percent.
 const FRAMES_PER_CALL: u32 = 1 << 22;
 const BATCH: u32 = 64;
-/// The generator stops after this long, or after this many calls, whichever comes first.
+/// The generator stops after this long, or after this many calls, whichever comes first
+/// (checked between calls: the last one may run a few seconds past the window).
 const FLOOD_FOR: Duration = Duration::from_secs(4);
 const MAX_CALLS: u32 = 4_000;
 /// The counting window inside the flood.

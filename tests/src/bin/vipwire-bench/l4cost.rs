@@ -5,8 +5,9 @@
 //! kernel's own per-run time): a steered frame is rewritten, so a repeated run would measure
 //! its own output (see dataplane.rs). Cases, in interleaved rounds:
 //! - a VIP TCP SYN of a new flow (each call a new source port and address: service lookup,
-//!   Maglev pick, two conntrack inserts into a full table, DNAT; a SYN is not looked up in
-//!   conntrack);
+//!   Maglev pick, two conntrack inserts, DNAT; a SYN is not looked up in conntrack). The
+//!   conntrack LRU (262,144 entries) is full after the first ~131k calls: from then on each
+//!   insert also evicts, as on a busy node;
 //! - an ACK of an established flow (conntrack hit, DNAT).
 
 use std::{net::IpAddr, time::Duration};
