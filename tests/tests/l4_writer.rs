@@ -383,3 +383,53 @@ fn written_tables_steer_flows_and_keep_established_ones() {
     assert_eq!(run_xdp(&mut plane, &frame), (XDP_PASS, 0, frame));
     plane.cleanup().unwrap();
 }
+
+#[test]
+fn a_full_backend_map_fails_one_apply_and_the_next_one_repairs_it() {
+    require_root();
+    let dir = BpffsDir::new("l4full");
+    let pods = HostVeth::new("vl4", "f");
+    let addrs: Vec<IpAddr> = (2..7).map(pod).collect();
+    for &addr in &addrs {
+        route_to(addr, pods.name());
+    }
+    use BackendState::{Active, Draining};
+    let web = frontend("192.0.2.81", 80);
+    // One more backend than the map holds; draining, so no Maglev table is written for them.
+    let room = vipwire_common::l4::BACKENDS_MAX_ENTRIES as usize;
+    let mut too_many = service(&[]);
+    too_many.backends = (0..=room)
+        .map(|n| Backend {
+            addr: addrs[n % addrs.len()],
+            port: 1 + (n / addrs.len()) as u16,
+            state: Draining,
+        })
+        .collect();
+    too_many.backends.sort();
+
+    let mut plane = open(&dir);
+    let err = plane
+        .apply_l4(&BTreeMap::from([(web, too_many)]))
+        .expect_err("more backends than the map holds");
+    let chain = vipwire::error_chain(&err);
+    assert!(chain.contains(maps::BACKENDS), "{chain}");
+    assert!(
+        services(&dir).is_empty(),
+        "the service entry comes after its backends"
+    );
+
+    // The next apply reads back what the failed one left and writes exactly the new state.
+    let small = BTreeMap::from([(web, service(&[(addrs[0], Active)]))]);
+    let delta = plane.apply_l4(&small).unwrap().expect("L4 enabled");
+    assert_eq!(delta.added, [web]);
+    let written = backends(&dir);
+    assert_eq!(written.len(), 1, "the failed apply's backends are gone");
+    let id = id_of(&written, addrs[0]);
+    let value = services(&dir)[&(v4_mapped([192, 0, 2, 81]), 80)];
+    assert!(
+        table(&dir, value.id, value.maglev_size)
+            .iter()
+            .all(|&slot| slot == id)
+    );
+    plane.cleanup().unwrap();
+}
