@@ -135,7 +135,8 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestErrors> {
 /// What a file looked like when it was parsed: any write, rename over it or replacement
 /// changes one of these (ctime moves on every write). File timestamps are coarse (a kernel
 /// tick), so two same-size writes within one tick look alike: a stamp counts only once it is
-/// older than [`RACY`] (git's "racy clean" rule); younger files are parsed again.
+/// older than the filesystem's timestamp step (git's "racy clean" rule); younger files are
+/// parsed again. A write after that gets a later ctime, so a stamp that counts cannot hide one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
@@ -145,16 +146,29 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
-/// See [`Stamp`].
+/// See [`Stamp`]: a filesystem with sub-second timestamps (ext4, xfs, tmpfs: a ctime with
+/// nanoseconds) steps them by a kernel tick (1-10 ms), so a few ticks do; one with whole
+/// seconds may step by two (FAT). With 2 s for everything, every re-read in the 2 s after a
+/// large write parsed the written files again (~100 ms for 1,000 Services).
+const RACY_FINE: std::time::Duration = std::time::Duration::from_millis(100);
 const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Stamp {
     /// Whether the file has not changed since `self` was taken, as far as stamps can tell.
     fn still(&self, now: &Self) -> bool {
-        let settled = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .is_ok_and(|t| t.as_secs() as i64 > self.ctime.0 + RACY.as_secs() as i64);
-        self == now && settled
+        self == now && self.settled(std::time::SystemTime::now())
+    }
+
+    /// Whether the stamp is old enough at `now` to count (see [`Stamp`]).
+    fn settled(&self, now: std::time::SystemTime) -> bool {
+        let (secs, nanos) = self.ctime;
+        let racy = if nanos != 0 { RACY_FINE } else { RACY };
+        let Ok(secs) = u64::try_from(secs) else {
+            return false;
+        };
+        let ctime = std::time::Duration::new(secs, nanos.clamp(0, 999_999_999) as u32);
+        now.duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|t| t > ctime + racy)
     }
 
     fn of(path: &Path) -> io::Result<Self> {
