@@ -244,6 +244,24 @@ fn a_restarted_planner_over_the_same_maps_writes_nothing_and_keeps_ids() {
 }
 
 #[test]
+fn a_removal_cut_short_after_the_service_entry_leaves_no_orphans() {
+    let mut planner = Fake::new(251, Mirror::default());
+    let f = frontend("192.0.2.1", 80);
+    let mut desired = BTreeMap::from([(f, service(active(&["10.0.0.2"])))]);
+    desired.get_mut(&f).unwrap().source_ranges = Some(vec!["10.1.0.0/16".parse().unwrap()]);
+    planner.apply(&desired);
+    // The service entry goes (its id is free again), then the next write fails: its chunks
+    // and ranges stay behind, owned by nothing.
+    let plan = planner.plan(&BTreeMap::new(), None);
+    let cut = position(&plan.ops, |op| matches!(op, Op::DelService { .. })) + 1;
+    assert!(planner.execute(plan, cut).is_none());
+    assert!(!planner.mirror().chunks.is_empty());
+    // No re-read of the maps in between: the next apply alone must find them.
+    planner.apply(&BTreeMap::new());
+    assert_eq!(planner.mirror(), &Mirror::default());
+}
+
+#[test]
 fn orphaned_chunks_and_ranges_are_swept_once() {
     let mut mirror = Mirror::default();
     mirror.chunks.insert((77, 0), 0);
