@@ -1,7 +1,8 @@
 //! Watching the cluster: kube-rs reflectors for Service, EndpointSlice and Node.
 //!
-//! Each resource has a reflector store fed by a watcher with the default backoff. Whole
-//! [`Snapshot`]s are built from the three stores and published once every store has finished its
+//! Each resource has a reflector store fed by a watcher with the default backoff. The publisher
+//! folds every change into one [`Snapshot`] (an object in O(log n), a finished list by
+//! rebuilding that kind from its store) and publishes a copy once every store has finished its
 //! first list. A store being relisted (after an apiserver restart or a 410 Gone) keeps serving its
 //! old contents until the new list is complete (the reflector swaps the buffer in at `InitDone`),
 //! so a relist never looks like "everything was deleted". While the apiserver is unreachable the
@@ -18,7 +19,7 @@ use kube::{
     Api, Client, Resource,
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -30,7 +31,7 @@ use tokio::{
 
 use crate::{
     coalesce::{Coalescer, sleep_until_opt},
-    snapshot::Snapshot,
+    snapshot::{DEFAULT_NAMESPACE, ObjectKey, Snapshot},
     source::SourceStatus,
 };
 
@@ -86,12 +87,62 @@ pub async fn client() -> Result<Client, KubeError> {
 #[derive(Debug)]
 enum Signal {
     /// A store changed (or finished a list).
-    Changed,
+    Changed(Kind, Change),
     /// A list started after the first one.
     Relist,
     /// The apiserver answered.
     Connected,
     Error(String),
+}
+
+/// Which store a [`Change`] is about.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Service,
+    Slice,
+    Node,
+}
+
+/// One change to a store, as the publisher folds it into its snapshot.
+#[derive(Debug)]
+enum Change {
+    /// An object was created or modified: its newest state is read back from the store.
+    Applied(Ref),
+    Deleted(Ref),
+    /// A list finished: the store's whole content was replaced.
+    Listed,
+}
+
+/// An object's namespace (`None`: cluster-scoped) and name.
+#[derive(Debug)]
+struct Ref {
+    namespace: Option<String>,
+    name: String,
+}
+
+impl Ref {
+    fn of<K: Resource>(object: &K) -> Self {
+        let meta = object.meta();
+        Self {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    fn object_ref<K: Resource<DynamicType = ()>>(&self) -> ObjectRef<K> {
+        let object = ObjectRef::new(&self.name);
+        match &self.namespace {
+            Some(namespace) => object.within(namespace),
+            None => object,
+        }
+    }
+
+    fn key(&self) -> ObjectKey {
+        ObjectKey::new(
+            self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            self.name.as_str(),
+        )
+    }
 }
 
 /// Starts the three reflectors and the publisher on the current tokio runtime.
@@ -109,19 +160,19 @@ pub fn spawn_kube_source(client: Client) -> KubeSource {
             Api::all(client.clone()),
             services_w,
             tx.clone(),
-            trim,
+            (Kind::Service, trim),
         )),
         tokio::spawn(reflect(
             Api::all(client.clone()),
             slices_w,
             tx.clone(),
-            trim_slice,
+            (Kind::Slice, trim_slice),
         )),
         tokio::spawn(reflect(
             Api::all(client.clone()),
             nodes_w,
             tx.clone(),
-            trim_node,
+            (Kind::Node, trim_node),
         )),
         tokio::spawn(probe(client, tx)),
     ];
@@ -163,12 +214,74 @@ impl Stores {
         .all(|ready| ready)
     }
 
-    fn snapshot(&self) -> Snapshot {
-        Snapshot::from_objects(
-            self.services.state(),
-            self.slices.state(),
-            self.nodes.state(),
-        )
+    /// Folds one change into `snapshot`: O(log n) for an object, a rebuild of one kind after
+    /// a list. Rebuilding the whole snapshot from the stores on every change (sorting every
+    /// object's key again) cost ~12 ms of CPU per change at 10,000 Services.
+    fn fold(&self, snapshot: &mut Snapshot, kind: Kind, change: Change) {
+        match kind {
+            Kind::Service => fold(&mut snapshot.services, &self.services, change, |s| {
+                ObjectKey::of(&s.metadata)
+            }),
+            Kind::Slice => fold(&mut snapshot.endpoint_slices, &self.slices, change, |s| {
+                ObjectKey::of(&s.metadata)
+            }),
+            Kind::Node => fold(&mut snapshot.nodes, &self.nodes, change, |n| {
+                n.metadata.name.clone().filter(|n| !n.is_empty())
+            }),
+        }
+    }
+}
+
+/// Node keys are plain names; namespaced objects' are [`ObjectKey`]s.
+trait FromRef {
+    fn from_ref(r: &Ref) -> Self;
+}
+
+impl FromRef for ObjectKey {
+    fn from_ref(r: &Ref) -> Self {
+        r.key()
+    }
+}
+
+impl FromRef for String {
+    fn from_ref(r: &Ref) -> Self {
+        r.name.clone()
+    }
+}
+
+/// [`Stores::fold`] for one kind; `key` as in [`Snapshot::from_objects`] (objects without a
+/// name are left out).
+fn fold<K, Key>(
+    map: &mut std::collections::BTreeMap<Key, Arc<K>>,
+    store: &Store<K>,
+    change: Change,
+    key: impl Fn(&K) -> Option<Key>,
+) where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    Key: Ord + FromRef,
+{
+    match change {
+        Change::Listed => {
+            *map = store
+                .state()
+                .into_iter()
+                .filter_map(|o| Some((key(&o)?, o)))
+                .collect();
+        }
+        // The store may already hold a newer state, or none (deleted since): take what it has.
+        Change::Applied(r) => match store.get(&r.object_ref()) {
+            Some(object) => {
+                if let Some(k) = key(&object) {
+                    map.insert(k, object);
+                }
+            }
+            None => {
+                map.remove(&Key::from_ref(&r));
+            }
+        },
+        Change::Deleted(r) => {
+            map.remove(&Key::from_ref(&r));
+        }
     }
 }
 
@@ -234,7 +347,7 @@ async fn reflect<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     tx: mpsc::UnboundedSender<Signal>,
-    trim: fn(&mut K),
+    (tag, trim): (Kind, fn(&mut K)),
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -256,7 +369,13 @@ async fn reflect<K>(
                 Signal::Connected
             }
             Ok(watcher::Event::InitApply(_)) => continue,
-            Ok(_) => Signal::Changed,
+            Ok(watcher::Event::InitDone) => Signal::Changed(tag, Change::Listed),
+            Ok(watcher::Event::Apply(object)) => {
+                Signal::Changed(tag, Change::Applied(Ref::of(&object)))
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                Signal::Changed(tag, Change::Deleted(Ref::of(&object)))
+            }
             Err(error) => {
                 tracing::warn!(%kind, %error, "watch failed; keeping the last state");
                 Signal::Error(format!("{kind}: {error}"))
@@ -291,6 +410,8 @@ async fn publish(
     health: watch::Sender<KubeHealth>,
 ) {
     let mut coalescer = Coalescer::new(QUIET, DEBOUNCE, MAX_DELAY);
+    // The stores' content as a snapshot, kept up to date change by change.
+    let mut current = Snapshot::default();
     loop {
         let signal = tokio::select! {
             signal = rx.recv() => match signal {
@@ -301,7 +422,8 @@ async fn publish(
             () = snapshots.closed() => return,
         };
         let due = match signal {
-            Some(Signal::Changed) => {
+            Some(Signal::Changed(kind, change)) => {
+                stores.fold(&mut current, kind, change);
                 mark_connected(&status, &health);
                 coalescer.changed(tokio::time::Instant::now())
             }
@@ -332,7 +454,7 @@ async fn publish(
         }
         health.send_if_modified(|h| !std::mem::replace(&mut h.synced, true));
         let started = std::time::Instant::now();
-        let snapshot = stores.snapshot();
+        let snapshot = current.clone();
         tracing::debug!(took_us = started.elapsed().as_micros(), "snapshot built");
         if snapshots
             .borrow()
