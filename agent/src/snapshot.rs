@@ -18,15 +18,16 @@ use serde::Serialize;
 /// The namespace an object without `metadata.namespace` lands in, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// `namespace/name` of a namespaced object; orders by namespace, then name.
+/// `namespace/name` of a namespaced object; orders by namespace, then name. Shared strings:
+/// sources hand out a copy of their whole snapshot per change, so a key copy must not allocate.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),

@@ -32,7 +32,7 @@ impl<'a> SliceIndex<'a> {
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let Some(service) = service {
                 by_service
-                    .entry((key.namespace.as_str(), service.as_str()))
+                    .entry((&*key.namespace, service.as_str()))
                     .or_default()
                     .push((key, slice.as_ref()));
             }
@@ -42,7 +42,7 @@ impl<'a> SliceIndex<'a> {
 
     pub(super) fn of(&self, service: &'a ObjectKey) -> &[SliceRef<'a>] {
         self.by_service
-            .get(&(service.namespace.as_str(), service.name.as_str()))
+            .get(&(&*service.namespace, &*service.name))
             .map_or(&[], Vec::as_slice)
     }
 }

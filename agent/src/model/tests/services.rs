@@ -312,7 +312,7 @@ fn frontend_conflicts() {
         let got: Vec<(u16, Protocol, &str)> = d
             .services
             .iter()
-            .map(|(f, s)| (f.port, f.protocol, s.service.name.as_str()))
+            .map(|(f, s)| (f.port, f.protocol, &*s.service.name))
             .collect();
         assert_eq!(got, *owners, "{name}");
         let warned = d
