@@ -190,6 +190,9 @@ impl Stamp {
 #[derive(Default)]
 pub struct DirCache {
     files: HashMap<PathBuf, (Stamp, Arc<FileLoad>)>,
+    /// The last good merge of every file's objects: the next load patches it with the files
+    /// that changed instead of merging (sorting) every object again.
+    merged: Option<Snapshot>,
 }
 
 /// One file's objects, remarks and problems, as a [`Collector`] of its own found them.
@@ -203,9 +206,18 @@ struct FileLoad {
 /// same `cache`. The result is the same as [`load_dir`]'s: any problem (a bad file, an object
 /// defined in two files) falls back to [`load_dir`] itself for the exact error list.
 pub fn load_dir_cached(dir: &Path, cache: &mut DirCache) -> Result<Loaded, ManifestErrors> {
+    let merged = cache.merged.take();
     let Ok(files) = manifest_files(dir) else {
         cache.files.clear();
         return load_dir(dir);
+    };
+    let previous: HashMap<PathBuf, Arc<FileLoad>> = match merged {
+        Some(_) => cache
+            .files
+            .iter()
+            .map(|(path, (_, load))| (path.clone(), Arc::clone(load)))
+            .collect(),
+        None => HashMap::new(),
     };
     let mut fresh = HashMap::with_capacity(files.len());
     let mut loads = Vec::with_capacity(files.len());
@@ -236,35 +248,113 @@ pub fn load_dir_cached(dir: &Path, cache: &mut DirCache) -> Result<Loaded, Manif
         loads.push(load.clone());
         fresh.insert(path, (stamp, load));
     }
-    cache.files = fresh;
     let mut loaded = Loaded::default();
-    let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     for load in &loads {
         if load.failed {
+            cache.files = fresh;
             return load_dir(dir);
         }
+        loaded.warnings.extend(load.warnings.iter().cloned());
+    }
+    let snapshot = match merged {
+        Some(merged) => patch(merged, &previous, &fresh),
+        None => merge(&loads),
+    };
+    cache.files = fresh;
+    // None: an object defined in two files; the plain load names both places.
+    let Some(snapshot) = snapshot else {
+        return load_dir(dir);
+    };
+    cache.merged = Some(snapshot.clone());
+    loaded.snapshot = snapshot;
+    Ok(loaded)
+}
+
+/// Every file's objects in one snapshot; `None` when two files define the same object.
+fn merge(loads: &[Arc<FileLoad>]) -> Option<Snapshot> {
+    let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+    for load in loads {
         services.extend(pairs(&load.snapshot.services));
         slices.extend(pairs(&load.snapshot.endpoint_slices));
         nodes.extend(pairs(&load.snapshot.nodes));
-        loaded.warnings.extend(load.warnings.iter().cloned());
     }
     // Collected, not inserted one by one: `BTreeMap::from_iter` sorts once and builds the
     // tree in bulk, several times faster than 20,000 inserts in file order.
     let objects = services.len() + slices.len() + nodes.len();
-    loaded.snapshot = Snapshot {
+    let snapshot = Snapshot {
         services: services.into_iter().collect(),
         endpoint_slices: slices.into_iter().collect(),
         nodes: nodes.into_iter().collect(),
     };
     // Each file's objects are unique (its collector checked); fewer after the merge means an
-    // object defined in two files: the plain load names both places.
-    let merged = loaded.snapshot.services.len()
-        + loaded.snapshot.endpoint_slices.len()
-        + loaded.snapshot.nodes.len();
-    if merged != objects {
-        return load_dir(dir);
+    // object defined in two files.
+    let merged = snapshot.services.len() + snapshot.endpoint_slices.len() + snapshot.nodes.len();
+    (merged == objects).then_some(snapshot)
+}
+
+/// `merged` (the merge of the `previous` files) turned into the merge of the `fresh` ones by
+/// taking out the objects of files that changed or went and putting in those of files that
+/// changed or came: the cost of the changed files, not of the directory. `None` when an
+/// object put in is already there (defined in two files).
+fn patch(
+    mut merged: Snapshot,
+    previous: &HashMap<PathBuf, Arc<FileLoad>>,
+    fresh: &HashMap<PathBuf, (Stamp, Arc<FileLoad>)>,
+) -> Option<Snapshot> {
+    let unchanged = |path: &PathBuf, load: &Arc<FileLoad>| {
+        fresh
+            .get(path)
+            .is_some_and(|(_, now)| Arc::ptr_eq(now, load))
+    };
+    for (path, old) in previous {
+        if unchanged(path, old) {
+            continue;
+        }
+        let old = &old.snapshot;
+        for key in old.services.keys() {
+            merged.services.remove(key);
+        }
+        for key in old.endpoint_slices.keys() {
+            merged.endpoint_slices.remove(key);
+        }
+        for key in old.nodes.keys() {
+            merged.nodes.remove(key);
+        }
     }
-    Ok(loaded)
+    for (path, (_, new)) in fresh {
+        if previous.get(path).is_some_and(|old| Arc::ptr_eq(old, new)) {
+            continue;
+        }
+        let new = &new.snapshot;
+        for (key, object) in &new.services {
+            if merged
+                .services
+                .insert(key.clone(), Arc::clone(object))
+                .is_some()
+            {
+                return None;
+            }
+        }
+        for (key, object) in &new.endpoint_slices {
+            if merged
+                .endpoint_slices
+                .insert(key.clone(), Arc::clone(object))
+                .is_some()
+            {
+                return None;
+            }
+        }
+        for (key, object) in &new.nodes {
+            if merged
+                .nodes
+                .insert(key.clone(), Arc::clone(object))
+                .is_some()
+            {
+                return None;
+            }
+        }
+    }
+    Some(merged)
 }
 
 fn pairs<K: Clone, V>(map: &std::collections::BTreeMap<K, Arc<V>>) -> Vec<(K, Arc<V>)> {

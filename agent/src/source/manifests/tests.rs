@@ -315,6 +315,26 @@ fn the_cached_load_equals_the_plain_one() {
     assert!(same(&mut cache).is_err());
     std::fs::remove_file(d.join("c.yaml")).unwrap();
     assert_eq!(same(&mut cache).unwrap().snapshot.services.len(), 1);
+    // From here each load patches the last good merge: a file renamed, one removed, one
+    // added, one whose object moves to another file in the same step.
+    std::fs::rename(d.join("a.yaml"), d.join("d.yaml")).unwrap();
+    assert_eq!(same(&mut cache).unwrap().snapshot.services.len(), 1);
+    std::fs::remove_file(d.join("b.yaml")).unwrap();
+    assert!(
+        same(&mut cache)
+            .unwrap()
+            .snapshot
+            .endpoint_slices
+            .is_empty()
+    );
+    write(d, "b.yaml", SLICE);
+    assert_eq!(same(&mut cache).unwrap().snapshot.endpoint_slices.len(), 1);
+    write(d, "d.yaml", NODE);
+    write(d, "e.yaml", SERVICE);
+    std::fs::remove_file(d.join("n.yaml")).unwrap();
+    let moved = same(&mut cache).unwrap();
+    assert_eq!(moved.snapshot.services.len(), 1);
+    assert_eq!(moved.snapshot.nodes.len(), 1);
 }
 
 #[test]
