@@ -476,27 +476,3 @@ async fn a_missing_directory_is_polled_until_it_appears() {
     until(&mut source.snapshots, "edit", |s| s.nodes.len() == 2).await;
     assert!(started.elapsed() < POLL_INTERVAL, "{:?}", started.elapsed());
 }
-
-#[test]
-fn a_stamp_counts_after_its_filesystems_timestamp_step() {
-    let at = |secs: i64, nanos: i64| Stamp {
-        dev: 1,
-        ino: 2,
-        len: 3,
-        mtime: (secs, nanos),
-        ctime: (secs, nanos),
-    };
-    let epoch = |secs: u64, millis: u64| {
-        std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
-    };
-    // Sub-second timestamps: a few kernel ticks are enough.
-    let fine = at(1_000, 500_000_000);
-    assert!(!fine.settled(epoch(1_000, 550)));
-    assert!(fine.settled(epoch(1_000, 650)));
-    // Whole seconds (FAT-like): two seconds.
-    let coarse = at(1_000, 0);
-    assert!(!coarse.settled(epoch(1_001, 900)));
-    assert!(coarse.settled(epoch(1_002, 100)));
-    // A ctime before the epoch never counts.
-    assert!(!at(-5, 1).settled(epoch(1_000, 0)));
-}
