@@ -90,56 +90,61 @@ pub fn load_dir_cached(dir: &Path, cache: &mut DirCache) -> Result<Loaded, Manif
         cache.files.clear();
         return load_dir(dir);
     };
-    let previous: HashMap<PathBuf, Arc<FileLoad>> = match merged {
-        Some(_) => cache
-            .files
-            .iter()
-            .map(|(path, (_, load))| (path.clone(), Arc::clone(load)))
-            .collect(),
-        None => HashMap::new(),
-    };
     let mut fresh = HashMap::with_capacity(files.len());
     let mut loads = Vec::with_capacity(files.len());
+    // What the last merge must lose and gain: the old and new loads of files parsed again.
+    let (mut gone, mut came) = (Vec::new(), Vec::new());
     for path in files {
         let Ok(stamp) = Stamp::of(&path) else {
             // Gone between listing and reading, or unreadable: let the plain path decide.
             continue;
         };
-        let load = match cache.files.remove(&path) {
-            Some((old, load)) if old.still(&stamp) => load,
-            _ => match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let mut collector = Collector::default();
-                    collector.file(&path, &text);
-                    Arc::new(FileLoad {
-                        failed: !collector.errors.is_empty(),
-                        snapshot: collector.snapshot,
-                        warnings: collector.warnings,
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(_) => {
-                    cache.files.clear();
-                    return load_dir(dir);
-                }
-            },
+        let old = match cache.files.remove(&path) {
+            Some((old, load)) if old.still(&stamp) => {
+                loads.push(load.clone());
+                fresh.insert(path, (stamp, load));
+                continue;
+            }
+            old => old.map(|(_, load)| load),
         };
+        let load = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut collector = Collector::default();
+                collector.file(&path, &text);
+                Arc::new(FileLoad {
+                    failed: !collector.errors.is_empty(),
+                    snapshot: collector.snapshot,
+                    warnings: collector.warnings,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                gone.extend(old);
+                continue;
+            }
+            Err(_) => {
+                cache.files.clear();
+                return load_dir(dir);
+            }
+        };
+        gone.extend(old);
+        came.push(load.clone());
         loads.push(load.clone());
         fresh.insert(path, (stamp, load));
     }
+    // Files no longer listed.
+    gone.extend(cache.files.drain().map(|(_, (_, load))| load));
+    cache.files = fresh;
     let mut loaded = Loaded::default();
     for load in &loads {
         if load.failed {
-            cache.files = fresh;
             return load_dir(dir);
         }
         loaded.warnings.extend(load.warnings.iter().cloned());
     }
     let snapshot = match merged {
-        Some(merged) => patch(merged, &previous, &fresh),
+        Some(merged) => patch(merged, &gone, &came),
         None => merge(&loads),
     };
-    cache.files = fresh;
     // None: an object defined in two files; the plain load names both places.
     let Some(snapshot) = snapshot else {
         return load_dir(dir);
@@ -171,24 +176,11 @@ fn merge(loads: &[Arc<FileLoad>]) -> Option<Snapshot> {
     (merged == objects).then_some(snapshot)
 }
 
-/// `merged` (the merge of the `previous` files) turned into the merge of the `fresh` ones by
-/// taking out the objects of files that changed or went and putting in those of files that
-/// changed or came: the cost of the changed files, not of the directory. `None` when an
+/// `merged` (the last good merge) without the objects of the `gone` loads and with those of
+/// the `came` ones: the cost of the files that changed, not of the directory. `None` when an
 /// object put in is already there (defined in two files).
-fn patch(
-    mut merged: Snapshot,
-    previous: &HashMap<PathBuf, Arc<FileLoad>>,
-    fresh: &HashMap<PathBuf, (Stamp, Arc<FileLoad>)>,
-) -> Option<Snapshot> {
-    let unchanged = |path: &PathBuf, load: &Arc<FileLoad>| {
-        fresh
-            .get(path)
-            .is_some_and(|(_, now)| Arc::ptr_eq(now, load))
-    };
-    for (path, old) in previous {
-        if unchanged(path, old) {
-            continue;
-        }
+fn patch(mut merged: Snapshot, gone: &[Arc<FileLoad>], came: &[Arc<FileLoad>]) -> Option<Snapshot> {
+    for old in gone {
         let old = &old.snapshot;
         for key in old.services.keys() {
             merged.services.remove(key);
@@ -200,40 +192,25 @@ fn patch(
             merged.nodes.remove(key);
         }
     }
-    for (path, (_, new)) in fresh {
-        if previous.get(path).is_some_and(|old| Arc::ptr_eq(old, new)) {
-            continue;
-        }
+    for new in came {
         let new = &new.snapshot;
-        for (key, object) in &new.services {
-            if merged
-                .services
-                .insert(key.clone(), Arc::clone(object))
-                .is_some()
-            {
-                return None;
-            }
-        }
-        for (key, object) in &new.endpoint_slices {
-            if merged
-                .endpoint_slices
-                .insert(key.clone(), Arc::clone(object))
-                .is_some()
-            {
-                return None;
-            }
-        }
-        for (key, object) in &new.nodes {
-            if merged
-                .nodes
-                .insert(key.clone(), Arc::clone(object))
-                .is_some()
-            {
-                return None;
-            }
+        if !put(&mut merged.services, &new.services)
+            || !put(&mut merged.endpoint_slices, &new.endpoint_slices)
+            || !put(&mut merged.nodes, &new.nodes)
+        {
+            return None;
         }
     }
     Some(merged)
+}
+
+/// Inserts every entry of `from`; false when one was already there.
+fn put<K: Ord + Clone, V>(
+    into: &mut std::collections::BTreeMap<K, Arc<V>>,
+    from: &std::collections::BTreeMap<K, Arc<V>>,
+) -> bool {
+    from.iter()
+        .all(|(key, object)| into.insert(key.clone(), Arc::clone(object)).is_none())
 }
 
 fn pairs<K: Clone, V>(map: &std::collections::BTreeMap<K, Arc<V>>) -> Vec<(K, Arc<V>)> {
