@@ -367,7 +367,7 @@ fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutp
 
 /// The `struct xdp_md` BPF_PROG_RUN takes as context: data 0, data_end = frame length,
 /// data_meta 0, ingress_ifindex, rx_queue_index 0, egress_ifindex 0.
-fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
+pub fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
     [0, frame_len as u32, 0, ingress_ifindex, 0, 0]
         .iter()
         .flat_map(|field: &u32| field.to_ne_bytes())

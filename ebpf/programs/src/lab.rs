@@ -1,5 +1,6 @@
-//! The two lab programs of the ARP flood benchmark (`vipwire_xdp_gen`, `vipwire_xdp_sink`):
-//! never loaded by the agent, kept here so the benchmark runs the same build of the same code.
+//! The lab programs of the flood benchmarks (`vipwire_xdp_gen`, `vipwire_xdp_sink`,
+//! `vipwire_xdp_gen_headers`): never loaded by the agent, kept here so the benchmark runs the
+//! same build of the same code.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -59,5 +60,42 @@ pub fn is_probe_reply(ctx: &XdpContext) -> bool {
         ethertype == u32::from(u16::from_be(0x0806))
             && words::load64::<ARP_HEAD>(frame) == REPLY
             && words::load32::<TPA>(frame) == 0
+    }
+}
+
+/// Bytes [`restore_flood_headers`] writes at the start of every frame: an Ethernet, IPv4 and
+/// UDP header and the first bytes of the payload.
+pub const FLOOD_HEADER_WORDS: usize = 6;
+
+/// The headers of the L4 flood's frame, set by the benchmark when it loads the object
+/// (`EbpfLoader::override_global`); zeros otherwise. Read-only data: the generator reads it
+/// with volatile loads, so the compiler cannot fold the zeros in.
+#[unsafe(no_mangle)]
+static VIPWIRE_LAB_FLOOD_HEADERS: [u64; FLOOD_HEADER_WORDS] = [0; FLOOD_HEADER_WORDS];
+
+/// Writes the flood frame's headers back over the frame's first bytes.
+///
+/// Live frames come from a page pool that copies the frame in once per page (see
+/// [`rearm_arp_request`]). A frame the node forwards comes back to the pool rewritten: by
+/// vipwire's DNAT, or by the kernel's DNAT and forwarding (addresses, ports, checksums,
+/// MACs). Writing the headers every time sends the same frame every time.
+#[inline(always)]
+pub fn restore_flood_headers(ctx: &XdpContext) {
+    let Some(frame) = ptr_at::<[u64; FLOOD_HEADER_WORDS]>(ctx, 0) else {
+        return;
+    };
+    let frame = frame.cast::<u8>();
+    let word = |i: usize| {
+        // SAFETY: `i` is below FLOOD_HEADER_WORDS; a volatile read of a static.
+        unsafe { core::ptr::read_volatile(&VIPWIRE_LAB_FLOOD_HEADERS[i]) }
+    };
+    // SAFETY (every store): `frame` was bounds-checked for FLOOD_HEADER_WORDS words.
+    unsafe {
+        words::store64::<0>(frame, word(0));
+        words::store64::<8>(frame, word(1));
+        words::store64::<16>(frame, word(2));
+        words::store64::<24>(frame, word(3));
+        words::store64::<32>(frame, word(4));
+        words::store64::<40>(frame, word(5));
     }
 }

@@ -111,6 +111,15 @@ pub fn vipwire_xdp_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The generator of the L4 lab's UDP flood in `cargo xtask bench dataplane`: like
+/// `vipwire_xdp_gen`, but it writes the flood frame's headers back first
+/// ([`lab::restore_flood_headers`]). The agent never loads it.
+#[xdp]
+pub fn vipwire_xdp_gen_headers(ctx: XdpContext) -> u32 {
+    lab::restore_flood_headers(&ctx);
+    xdp_action::XDP_TX
+}
+
 /// The far end of the ARP flood in `cargo xtask bench dataplane`: drops ARP replies to
 /// RFC 5227 probes and passes every other frame ([`lab::is_probe_reply`]). Like
 /// `vipwire_xdp_pass`, it makes its veth accept XDP_TX frames from the peer. The agent never

@@ -17,7 +17,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("gobgpd", "/usr/bin/gobgpd"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("xdp-tools", "/usr/sbin/xdp-filter"),
-    ("netsniff-ng", "/usr/sbin/trafgen"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("iptables", "/usr/sbin/iptables"),
     ("nftables", "/usr/sbin/nft"),

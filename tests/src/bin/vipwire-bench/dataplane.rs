@@ -222,7 +222,7 @@ fn load_pass_all() -> Ebpf {
 /// Time of one syscall of `REPEAT` runs over `REPEAT` (see the module docs); the verdict of
 /// the last run is checked.
 fn run_repeat(case: &Case<'_>) -> f64 {
-    let ctx = xdp_md(case.frame.len(), LO_IFINDEX);
+    let ctx = testkit::bpf::xdp_md(case.frame.len(), LO_IFINDEX);
     let start = thread_cpu_time();
     let result = case
         .program
@@ -253,7 +253,7 @@ fn thread_cpu_time() -> Duration {
 /// Total kernel-measured time of `calls` single runs, each on a fresh copy of the frame, with
 /// every verdict checked.
 fn run_calls(case: &Case<'_>, calls: u32) -> Duration {
-    let ctx = xdp_md(case.frame.len(), LO_IFINDEX);
+    let ctx = testkit::bpf::xdp_md(case.frame.len(), LO_IFINDEX);
     let mut total = Duration::ZERO;
     for _ in 0..calls {
         let result = case
@@ -270,12 +270,4 @@ fn run_calls(case: &Case<'_>, calls: u32) -> Duration {
         total += result.duration;
     }
     total
-}
-
-/// The `struct xdp_md` BPF_PROG_RUN takes as context (as testkit::bpf builds it).
-fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
-    [0, frame_len as u32, 0, ingress_ifindex, 0, 0]
-        .iter()
-        .flat_map(|field: &u32| field.to_ne_bytes())
-        .collect()
 }

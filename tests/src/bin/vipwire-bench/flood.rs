@@ -7,18 +7,14 @@
 //! request) and bound to node eth0, so the kernel answers.
 //!
 //! The generator must cost far less per frame than either responder, or it is the generator
-//! that is measured (trafgen's blocking `sendto` per frame topped out at ~250k frames/s, below
-//! what both arms answer). So the client floods with `vipwire_xdp_gen` run through
-//! BPF_PROG_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` on its eth0, as xdp-trafficgen does: each
-//! run's `XDP_TX` becomes a redirect out of the veth, straight into the node's XDP. The frames
+//! that is measured: the client floods with `vipwire_xdp_gen` through [`livegen`]. The frames
 //! are RFC 5227 probes (`arping -D`; sender address 0.0.0.0): the kernel answers them without
 //! touching its neighbour table, its cheapest answering path, so the ratio is conservative, and
 //! their replies (target address 0.0.0.0) are what `vipwire_xdp_sink` on client eth0 drops,
 //! while it passes the lab's own ARP probes. Replies are the client's eth0 rx packets (veth
 //! counts frames its XDP program dropped) over a window inside the flood.
 //!
-//! The generator thread is pinned to one CPU. The kernel runs the live frames' redirects and,
-//! in softirq right after each batch, the NAPI polls they schedule: the node's (XDP, and in
+//! The kernel runs the NAPI polls the live frames schedule on the generator's CPU: the node's (XDP, and in
 //! arm B the stack's ARP code and the reply's transmit) and the client's. So most of a reply's
 //! cost lands in the generator thread or its CPU's ksoftirqd, and replies per CPU-second of
 //! those two is reported beside replies/s, which also depends on how much of a CPU other work
@@ -31,13 +27,12 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
 };
 use testkit::{
     NetLab, Netns,
@@ -48,23 +43,17 @@ use testkit::{
     process::{Daemon, poll_until},
 };
 
+use crate::livegen::{self, Sender};
+
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NODE_NAME: &str = "node-a";
 /// The flood generator and the client's sink (ebpf/programs/src/main.rs).
 const XDP_GEN: &str = "vipwire_xdp_gen";
 const XDP_SINK: &str = "vipwire_xdp_sink";
-/// Frames per BPF_PROG_RUN call of the generator, and frames per live-frame batch (after each
-/// batch the kernel flushes the redirects and runs the pending softirqs). Each call also
-/// spends a fixed ~30 ms off the CPU, whatever its size (measured here: at 64 Ki frames per
-/// call the generator's CPU sat idle 70% of the XDP arm, which then showed 1.7M replies/s
-/// instead of 8.5M): calls are made long enough for that to stay a few percent.
-const FRAMES_PER_CALL: u32 = 1 << 22;
-const BATCH: u32 = 64;
-/// The generator stops after this long, or after this many calls, whichever comes first
-/// (checked between calls: the last one may run a few seconds past the window).
+/// The generator stops after this long (checked between calls: the last one may run a few
+/// seconds past the window).
 const FLOOD_FOR: Duration = Duration::from_secs(4);
-const MAX_CALLS: u32 = 4_000;
 /// The counting window inside the flood.
 const WARMUP: Duration = Duration::from_millis(1000);
 const WINDOW: Duration = Duration::from_millis(2000);
@@ -267,31 +256,11 @@ impl BenchPrograms {
             .program_mut(XDP_SINK)
             .and_then(|p| p.try_into().ok())
             .expect("the sink is loaded");
-        in_netns_scoped(ns, || {
+        livegen::in_netns_scoped(ns, || {
             sink.attach(ifname, XdpMode::Driver)
                 .unwrap_or_else(|e| panic!("attaching {XDP_SINK} to {ifname}: {e:?}"));
         });
     }
-}
-
-/// Runs `f` in a scoped thread that has joined `ns`'s network namespace, where BPF_PROG_RUN and
-/// XDP attachment resolve interface indexes and names.
-fn in_netns_scoped<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                use std::os::fd::AsRawFd as _;
-                let file =
-                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-                // SAFETY: setns(2) on a valid namespace fd; it changes this thread only.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread panicked")
-    })
 }
 
 /// The agent binary built beside this one (`target/<profile>/vipwire`); built on demand, since
@@ -340,78 +309,41 @@ fn spawn_agent(lab: &NetLab, node: &Netns, manifests: &Path, bpffs: &BpffsDir) -
 /// Floods `frame` out of the client's eth0 for [`FLOOD_FOR`] and counts frames in the window.
 fn flood(progs: &BenchPrograms, client: &Netns, node: &Netns, frame: &[u8], label: &str) -> Rates {
     let generator = progs.program(XDP_GEN);
-    let ctx = xdp_md(frame.len(), client.ifindex("eth0"));
-    let stop = AtomicBool::new(false);
-    let sender_thread = AtomicU64::new(0);
-    let sender_cpu_index = AtomicU64::new(u64::MAX);
-    std::thread::scope(|scope| {
-        let sender = scope.spawn(|| {
-            in_netns_scoped(client, || {
-                sender_cpu_index.store(u64::from(pin_to_current_cpu()), Ordering::Release);
-                // SAFETY: pthread_self has no preconditions.
-                sender_thread.store(unsafe { libc::pthread_self() }, Ordering::Release);
-                let deadline = Instant::now() + FLOOD_FOR;
-                let mut calls = 0;
-                while calls < MAX_CALLS
-                    && Instant::now() < deadline
-                    && !stop.load(Ordering::Relaxed)
-                {
-                    generator
-                        .test_run(TestRunOptions {
-                            data_in: Some(frame),
-                            ctx_in: Some(&ctx),
-                            repeat: FRAMES_PER_CALL,
-                            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                            ..TestRunOptions::default()
-                        })
-                        .unwrap_or_else(|e| panic!("{XDP_GEN} live frames ({label}): {e:?}"));
-                    calls += 1;
-                }
-                calls
-            })
-        });
-        std::thread::sleep(WARMUP);
-        let sender_cpu = thread_cpu_clock(sender_thread.load(Ordering::Acquire));
-        let ksoftirqd = ksoftirqd_pid(sender_cpu_index.load(Ordering::Acquire));
-        let (t0, client0, node0, cpu0, thread0) = sample(client, node, sender_cpu);
-        let ksoftirqd0 = runtime_of(&[ksoftirqd]);
-        std::thread::sleep(WINDOW);
-        let (t1, client1, node1, cpu1, thread1) = sample(client, node, sender_cpu);
-        let ksoftirqd1 = runtime_of(&[ksoftirqd]);
-        let ended_early = sender.is_finished();
-        stop.store(true, Ordering::Relaxed);
-        let calls = sender.join().expect("the generator thread");
-        assert!(
-            !ended_early,
-            "the generator ({label}) stopped before the window closed, after {calls} calls"
-        );
-        let secs = (t1 - t0).as_secs_f64();
-        let replies = (client1 - client0) as f64;
-        let requests = (node1 - node0) as f64;
-        // A responder that stops answering (or a generator that stops asking) would still
-        // show a rate: every request that reached the node must have been answered.
-        assert!(
-            replies >= 0.9 * requests && requests > 0.0,
-            "{label}: {replies} replies to {requests} requests received in the window"
-        );
-        let per_reply = |a: Duration, b: Duration| (b - a).as_nanos() as f64 / replies.max(1.0);
-        Rates {
-            replies: replies / secs,
-            requests: requests / secs,
-            thread_cpu_per_reply: per_reply(thread0, thread1),
-            ksoftirqd_per_reply: per_reply(ksoftirqd0, ksoftirqd1),
-            softirq_per_reply: per_reply(cpu0.softirq, cpu1.softirq),
-            system_per_reply: per_reply(cpu0.system, cpu1.system),
-        }
-    })
-}
-
-/// The `struct xdp_md` BPF_PROG_RUN takes as context.
-fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
-    [0, frame_len as u32, 0, ingress_ifindex, 0, 0]
-        .iter()
-        .flat_map(|field: &u32| field.to_ne_bytes())
-        .collect()
+    livegen::flood(
+        generator,
+        client,
+        "eth0",
+        frame,
+        FLOOD_FOR,
+        label,
+        |sender| {
+            std::thread::sleep(WARMUP);
+            let ksoftirqd = ksoftirqd_pid(sender.cpu);
+            let (t0, client0, node0, cpu0, thread0) = sample(client, node, sender);
+            let ksoftirqd0 = runtime_of(&[ksoftirqd]);
+            std::thread::sleep(WINDOW);
+            let (t1, client1, node1, cpu1, thread1) = sample(client, node, sender);
+            let ksoftirqd1 = runtime_of(&[ksoftirqd]);
+            let secs = (t1 - t0).as_secs_f64();
+            let replies = (client1 - client0) as f64;
+            let requests = (node1 - node0) as f64;
+            // A responder that stops answering (or a generator that stops asking) would still
+            // show a rate: every request that reached the node must have been answered.
+            assert!(
+                replies >= 0.9 * requests && requests > 0.0,
+                "{label}: {replies} replies to {requests} requests received in the window"
+            );
+            let per_reply = |a: Duration, b: Duration| (b - a).as_nanos() as f64 / replies.max(1.0);
+            Rates {
+                replies: replies / secs,
+                requests: requests / secs,
+                thread_cpu_per_reply: per_reply(thread0, thread1),
+                ksoftirqd_per_reply: per_reply(ksoftirqd0, ksoftirqd1),
+                softirq_per_reply: per_reply(cpu0.softirq, cpu1.softirq),
+                system_per_reply: per_reply(cpu0.system, cpu1.system),
+            }
+        },
+    )
 }
 
 /// Machine-wide CPU time since boot, from `/proc/stat`.
@@ -423,51 +355,18 @@ struct CpuTime {
 
 /// Both interfaces' rx packets, the machine's CPU time and the generator thread's so far,
 /// stamped with the middle of the reads.
-fn sample(
-    client: &Netns,
-    node: &Netns,
-    sender_cpu: libc::clockid_t,
-) -> (Instant, u64, u64, CpuTime, Duration) {
+fn sample(client: &Netns, node: &Netns, sender: &Sender) -> (Instant, u64, u64, CpuTime, Duration) {
     let before = Instant::now();
     let c = eth0_rx_packets(client);
     let n = eth0_rx_packets(node);
     let cpu = cpu_time();
-    let thread = clock_time(sender_cpu);
+    let thread = sender.thread_cpu();
     let after = Instant::now();
     (before + (after - before) / 2, c, n, cpu, thread)
 }
 
-/// Pins the calling thread to the CPU it runs on and returns that CPU. The kernel runs a
-/// NAPI poll on the CPU that scheduled it, and keeps it there while it has work: with the
-/// generator pinned, the polls it schedules stay on its CPU, in its thread or in that CPU's
-/// ksoftirqd (a poll already busy on the other CPU stays there: see the module docs).
-fn pin_to_current_cpu() -> u32 {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    assert!(
-        cpu >= 0,
-        "sched_getcpu: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity (0: this
-    // thread) get valid pointers and sizes.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    cpu as u32
-}
-
 /// The PID of `ksoftirqd/<cpu>`, the kernel thread that runs that CPU's deferred softirqs.
-fn ksoftirqd_pid(cpu: u64) -> u32 {
-    assert_ne!(cpu, u64::MAX, "the generator thread has not pinned itself");
+fn ksoftirqd_pid(cpu: u32) -> u32 {
     let name = format!("ksoftirqd/{cpu}\n");
     let pids: Vec<u32> = std::fs::read_dir("/proc")
         .expect("listing /proc")
@@ -495,28 +394,6 @@ fn runtime_of(pids: &[u32]) -> Duration {
             Duration::from_nanos(ns)
         })
         .sum()
-}
-
-/// The CPU-time clock of a running thread of this process.
-fn thread_cpu_clock(thread: libc::pthread_t) -> libc::clockid_t {
-    assert_ne!(thread, 0, "the generator thread has not started");
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: `thread` is a live thread of this process (the flood joins it later); `clock` is
-    // a valid out-pointer.
-    let rc = unsafe { libc::pthread_getcpuclockid(thread, &mut clock) };
-    assert_eq!(rc, 0, "pthread_getcpuclockid: error {rc}");
-    clock
-}
-
-fn clock_time(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// System and softirq time of all CPUs since boot (`/proc/stat`, in USER_HZ ticks).

@@ -4,25 +4,26 @@
 //! (b) iptables DNAT in PREROUTING (kube-proxy's iptables mode), conntrack, kernel forwarding,
 //!     rp_filter loose and FORWARD ACCEPT, as kube-proxy needs with an asymmetric return route;
 //! (c) nftables DNAT (kube-proxy's nftables mode), otherwise as (b).
-//! For each: UDP packets/s delivered into the pod (a single flow, flooded with trafgen from the
-//! client, counted by the pod's UDP statistics) and TCP request/response latency on one
-//! connection. While the agent runs, up0 carries its XDP program (veth NAPI delivery); the kernel
-//! arms get a pass-all XDP program on up0 so both see the same veth delivery mode.
+//! For each: UDP packets/s delivered into the pod (a single flow, flooded from the client by
+//! the live-frame generator of [`livegen`], counted by the pod's UDP statistics) and TCP
+//! request/response latency on one connection. While the agent runs, up0 carries its XDP
+//! program (veth NAPI delivery); the kernel arms get a pass-all XDP program on up0 so both see
+//! the same veth delivery mode (a veth takes the generator's frames only with an XDP program).
 //!
-//! The generator caps what a veth lab can show (TOOLCHAIN.md): trafgen and the whole receive
-//! path share the sending CPU (veth NAPI runs in the sender's softirq, and so do XDP, TC,
-//! netfilter and the pod's UDP input), so each arm's rate is 1 / (generator + path) per packet.
-//! A ceiling arm floods a MAC nobody has (dropped right after NAPI) to measure the generator's
-//! share; reported beside the rates: the offered rate (up0 rx), softirq CPU per packet, the
-//! best ratio the ceiling allows, and the path cost (1/rate - 1/ceiling) per arm.
+//! The generator and the whole receive path share the sending CPU (veth NAPI runs in the
+//! sender's softirq, and so do XDP, TC, netfilter and the pod's UDP input), so each arm's rate
+//! is 1 / (generator + path) per packet. With trafgen as the generator (~1 µs per frame, more
+//! than either path) the ratio could not pass ~2x whatever the paths cost. A ceiling arm
+//! floods a MAC nobody has (dropped right after NAPI) to measure the generator's share;
+//! reported beside the rates: the offered rate (up0 rx), softirq CPU per packet, the best
+//! ratio the ceiling allows, and the path cost (1/rate - 1/ceiling) per arm.
 
 use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use testkit::{
     bench::{Measurement, Report, Target},
     l4lab::{
@@ -31,14 +32,16 @@ use testkit::{
         stats,
     },
     process::poll_until,
-    tools,
 };
 
-/// trafgen is stopped by `timeout` after this long (and by its packet count at the latest).
+use crate::livegen;
+
+/// The generator stops after this long (checked between its calls).
 const FLOOD_FOR: Duration = Duration::from_secs(5);
-const FLOOD_MAX_FRAMES: &str = "20000000";
-/// Above what the pipe carries; see flood.rs for why a rate is given at all.
-const OFFERED_RATE: &str = "1000000pps";
+/// The L4 flood generator (ebpf/programs/src/main.rs) and the frame headers it writes.
+const XDP_GEN_HEADERS: &str = "vipwire_xdp_gen_headers";
+const FLOOD_HEADERS_GLOBAL: &str = "VIPWIRE_LAB_FLOOD_HEADERS";
+const FLOOD_HEADER_BYTES: usize = 48;
 const WARMUP: Duration = Duration::from_millis(1500);
 const WINDOW: Duration = Duration::from_millis(2500);
 /// Request/response: at most this many requests, for at most this long.
@@ -61,15 +64,13 @@ struct Arm {
 }
 
 pub fn measure(report: &mut Report) {
-    let trafgen = tools::require("trafgen");
     let mut lab = L4Lab::new(&Options {
         pods: 1,
         tag: "b".to_owned(),
         ..Options::default()
     });
-    let config = lab.path("udp-flood.cfg");
-    std::fs::write(&config, trafgen_config(&flood_frame(&lab)))
-        .expect("writing the trafgen config");
+    let frame = flood_frame(&lab);
+    let generator = Generator::load(&frame);
 
     // (a) vipwire on the hostile node.
     let mut agent = lab.start_agent_binary(&agent_binary(), "bench-agent.log");
@@ -83,7 +84,7 @@ pub fn measure(report: &mut Report) {
         .ok()
     });
     let vipwire = if serving.is_some() {
-        arm(&lab, &trafgen, &config, "vipwire")
+        arm(&lab, &generator, "vipwire")
     } else {
         println!(
             "l4 bench: vipwire did not serve {VIP}:{} within 30 s; its arm reports 0. Agent log:\n{}",
@@ -106,7 +107,7 @@ pub fn measure(report: &mut Report) {
         let answer =
             client::tcp_request(&lab.client, l4lab::vip(TCP, false), Duration::from_secs(2));
         assert!(answer.is_ok(), "{label} DNAT does not answer: {answer:?}");
-        kernel.push(arm(&lab, &trafgen, &config, label));
+        kernel.push(arm(&lab, &generator, label));
         lab.remove_kernel_dnat(0, nft);
     }
     let nftables = kernel.pop().expect("nftables arm");
@@ -114,12 +115,11 @@ pub fn measure(report: &mut Report) {
     push(report, &vipwire, &iptables, &nftables);
 
     // The generator's ceiling: the same flood to a MAC nobody has, dropped right after the
-    // veth's NAPI (and the pass-all XDP) as PACKET_OTHERHOST. trafgen and the receive path
-    // share its CPU (veth NAPI runs in the sender's softirq), so this caps every arm.
-    let mut frame = flood_frame(&lab);
+    // veth's NAPI (and the pass-all XDP) as PACKET_OTHERHOST. The generator and the receive
+    // path share its CPU (veth NAPI runs in the sender's softirq), so this caps every arm.
+    let mut frame = frame;
     frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    std::fs::write(&config, trafgen_config(&frame)).expect("writing the trafgen config");
-    let ceiling = flood(&lab, &trafgen, &config, "ceiling");
+    let ceiling = flood(&lab, &Generator::load(&frame), "ceiling");
     report.push(Measurement::new(
         "l4 udp flow: generator ceiling (dropped at rx)",
         ceiling.offered,
@@ -132,7 +132,7 @@ pub fn measure(report: &mut Report) {
             "x",
         ));
     }
-    // Every arm runs trafgen and the whole receive path (veth NAPI, XDP/TC or netfilter and
+    // Every arm runs the generator and the whole receive path (veth NAPI, XDP/TC or netfilter and
     // routing, the pod's UDP input) on the sender's CPU, saturated: 1/rate is the CPU time per
     // packet, and subtracting the ceiling's leaves what the data path itself costs.
     let path_ns = |arm: &Arm| 1e9 / arm.delivered.max(1.0) - 1e9 / ceiling.offered.max(1.0);
@@ -240,8 +240,8 @@ fn push(report: &mut Report, vipwire: &Arm, iptables: &Arm, nftables: &Arm) {
 }
 
 /// One arm: the UDP flood, then request/response latency.
-fn arm(lab: &L4Lab, trafgen: &Path, config: &Path, label: &str) -> Arm {
-    let flood = flood(lab, trafgen, config, label);
+fn arm(lab: &L4Lab, generator: &Generator, label: &str) -> Arm {
+    let flood = flood(lab, generator, label);
     // Let the queues drain before timing requests.
     std::thread::sleep(Duration::from_millis(300));
     let (p50_us, p99_us) = latency(lab);
@@ -252,53 +252,85 @@ fn arm(lab: &L4Lab, trafgen: &Path, config: &Path, label: &str) -> Arm {
     }
 }
 
-/// Floods for [`FLOOD_FOR`]; rates over [`WINDOW`] after [`WARMUP`]. Softirq time is per
-/// delivered packet, or per offered frame when nothing is delivered.
-fn flood(lab: &L4Lab, trafgen: &Path, config: &Path, label: &str) -> Arm {
+/// Floods for [`FLOOD_FOR`] at most; rates over [`WINDOW`] after [`WARMUP`]. Softirq time is
+/// per delivered packet, or per offered frame when nothing is delivered.
+fn flood(lab: &L4Lab, generator: &Generator, label: &str) -> Arm {
     let pod = &lab.pod(0).ns;
-    let log_path = lab.path(&format!("trafgen-{label}.log"));
-    let log = std::fs::File::create(&log_path).expect("creating the trafgen log");
-    let mut child = lab
-        .client
-        .command("timeout")
-        .args(["-s", "INT", "-k", "2"])
-        .arg(format!("{}", FLOOD_FOR.as_secs()))
-        .arg(trafgen)
-        .args(["--dev", "eth0", "--conf"])
-        .arg(config)
-        .args(["--cpus", "1", "-n", FLOOD_MAX_FRAMES, "-b", OFFERED_RATE])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log"))
-        .stderr(log)
-        .spawn()
-        .expect("starting trafgen");
-    std::thread::sleep(WARMUP);
-    let sample = || {
-        let t = Instant::now();
-        let pod = stats::udp_delivered(pod);
-        let (up0_rx, _) = stats::netdev_packets(&lab.node, "up0");
-        (t, pod, up0_rx, stats::softirq_time())
-    };
-    let (t0, pod0, rx0, soft0) = sample();
-    std::thread::sleep(WINDOW);
-    let (t1, pod1, rx1, soft1) = sample();
-    let still_running = child.try_wait().expect("polling trafgen").is_none();
-    let status = wait_bounded(&mut child, FLOOD_FOR + Duration::from_secs(5));
-    assert!(
-        still_running,
-        "trafgen ({label}) ended before the window closed ({status:?}): {}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
-    let secs = (t1 - t0).as_secs_f64();
-    let delivered = (pod1.delivered - pod0.delivered) as f64;
-    let offered = (rx1 - rx0) as f64;
-    let per = if delivered > 0.0 { delivered } else { offered };
-    Arm {
-        delivered: delivered / secs,
-        offered: offered / secs,
-        softirq_ns: (soft1 - soft0).as_nanos() as f64 / per.max(1.0),
-        csum_errors: pod1.csum_errors - pod0.csum_errors,
-        ..Arm::default()
+    let frame = &generator.frame;
+    livegen::flood(
+        generator.program(),
+        &lab.client,
+        "eth0",
+        frame,
+        FLOOD_FOR,
+        label,
+        |_| {
+            std::thread::sleep(WARMUP);
+            let sample = || {
+                let t = Instant::now();
+                let pod = stats::udp_delivered(pod);
+                let (up0_rx, _) = stats::netdev_packets(&lab.node, "up0");
+                (t, pod, up0_rx, stats::softirq_time())
+            };
+            let (t0, pod0, rx0, soft0) = sample();
+            std::thread::sleep(WINDOW);
+            let (t1, pod1, rx1, soft1) = sample();
+            let secs = (t1 - t0).as_secs_f64();
+            let delivered = (pod1.delivered - pod0.delivered) as f64;
+            let offered = (rx1 - rx0) as f64;
+            let per = if delivered > 0.0 { delivered } else { offered };
+            Arm {
+                delivered: delivered / secs,
+                offered: offered / secs,
+                softirq_ns: (soft1 - soft0).as_nanos() as f64 / per.max(1.0),
+                csum_errors: pod1.csum_errors - pod0.csum_errors,
+                ..Arm::default()
+            }
+        },
+    )
+}
+
+/// The L4 flood generator, loaded from the embedded object (with its own, unused copies of
+/// the contract maps) with the headers of `frame` to write back into every frame it sends.
+struct Generator {
+    ebpf: Ebpf,
+    frame: Vec<u8>,
+}
+
+impl Generator {
+    fn load(frame: &[u8]) -> Self {
+        assert!(
+            frame.len() >= FLOOD_HEADER_BYTES,
+            "the flood frame is too short"
+        );
+        let headers: [u64; FLOOD_HEADER_BYTES / 8] = std::array::from_fn(|i| {
+            let word = frame[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+            // The program stores each word as it is in memory.
+            u64::from_ne_bytes(word)
+        });
+        let mut ebpf = EbpfLoader::new()
+            .override_global(FLOOD_HEADERS_GLOBAL, &headers, true)
+            .load(vipwire::dataplane::bpf_object())
+            .expect("loading the embedded BPF object");
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_GEN_HEADERS)
+            .unwrap_or_else(|| panic!("the object has {XDP_GEN_HEADERS}"))
+            .try_into()
+            .unwrap_or_else(|e| panic!("{XDP_GEN_HEADERS} is XDP: {e}"));
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("the verifier accepts {XDP_GEN_HEADERS}: {e:?}"));
+        Self {
+            ebpf,
+            frame: frame.to_vec(),
+        }
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(XDP_GEN_HEADERS)
+            .and_then(|p| p.try_into().ok())
+            .expect("the generator is loaded")
     }
 }
 
@@ -375,27 +407,4 @@ fn flood_frame(lab: &L4Lab) -> Vec<u8> {
         .write(&mut frame, &payload)
         .expect("writing a UDP frame to a Vec");
     frame
-}
-
-/// A trafgen config that sends `frame` over and over.
-fn trafgen_config(frame: &[u8]) -> String {
-    let mut out = String::from("{\n");
-    for byte in frame {
-        write!(out, "0x{byte:02x}, ").expect("writing to a String");
-    }
-    out.push_str("\n}\n");
-    out
-}
-
-/// Kills `child` if it outlives `limit` (timeout should have stopped it long before).
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("polling trafgen") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    child.wait().ok()
 }

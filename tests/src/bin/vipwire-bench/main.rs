@@ -7,6 +7,7 @@ mod dataplane;
 mod flood;
 mod l4cost;
 mod l4lab;
+mod livegen;
 
 use std::{path::PathBuf, process::ExitCode};
 
