@@ -19,6 +19,7 @@ mod lab;
 mod maps;
 mod ndp;
 mod parse;
+mod peer_macs;
 mod tc;
 mod words;
 

@@ -34,6 +34,8 @@ use vipwire_common::{
 use crate::{
     counters,
     l4::{maps, sctp_port_changed},
+    peer_macs::{self, FrameMacs},
+    words,
 };
 
 const ETH_HLEN: u32 = 14;
@@ -85,8 +87,18 @@ fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
     let Some(backend) = maps::BACKENDS.get_ptr(backend_id) else {
         return TC_ACT_OK;
     };
-    // SAFETY: a map value from a successful lookup, copied at once.
-    let backend = unsafe { *backend };
+    // SAFETY: a map value from a successful lookup, valid while the program runs. Not
+    // copied: a copy of the whole value is sixteen byte loads, and a hit in the peer cache
+    // needs only its flags and device.
+    let backend = unsafe { &*backend };
+    let veth_peer = backend.flags & BACKEND_VETH_PEER != 0;
+    if veth_peer && let Some(macs) = peer_macs::get(backend_id, backend.ifindex) {
+        if set_macs(ctx, macs).is_none() {
+            return TC_ACT_OK;
+        }
+        // SAFETY: helper without memory arguments.
+        return unsafe { bpf_redirect_peer(backend.ifindex, 0) as i32 };
+    }
     let Some(src) = packet_src(ctx) else {
         return TC_ACT_OK;
     };
@@ -94,10 +106,12 @@ fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
     let fib = fib_params(&mut slot, &src, &backend.addr_be, ctx);
     match fib_lookup(ctx, fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if set_macs(ctx, fib).is_none() {
+            let macs = fib_macs(fib);
+            if set_macs(ctx, macs).is_none() {
                 return TC_ACT_OK;
             }
-            if backend.flags & BACKEND_VETH_PEER != 0 && backend.ifindex == fib.ifindex {
+            if veth_peer && backend.ifindex == fib.ifindex {
+                peer_macs::put(backend_id, fib.ifindex, macs);
                 // SAFETY: helper without memory arguments.
                 unsafe { bpf_redirect_peer(fib.ifindex, 0) as i32 }
             } else {
@@ -186,7 +200,7 @@ fn reply(ctx: &TcContext) -> Option<i32> {
     let fib = fib_params(&mut slot, &entry.nat_addr_be, &dst, ctx);
     Some(match fib_lookup(ctx, fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            set_macs(ctx, fib)?;
+            set_macs(ctx, fib_macs(fib))?;
             // SAFETY: helper without memory arguments.
             unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
         }
@@ -339,10 +353,29 @@ fn fib_lookup(ctx: &TcContext, fib: &mut FibLookup) -> u32 {
     }
 }
 
+/// The destination and source MAC a FIB answer gives, in frame order.
 #[inline(always)]
-fn set_macs(ctx: &TcContext, fib: &FibLookup) -> Option<()> {
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&fib.dmac);
-    macs[6..].copy_from_slice(&fib.smac);
-    ctx.store(0, &macs, 0).ok()
+fn fib_macs(fib: &FibLookup) -> FrameMacs {
+    let (d, s) = (fib.dmac, fib.smac);
+    FrameMacs {
+        head: u64::from_ne_bytes([d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1]]),
+        tail: u64::from(u32::from_ne_bytes([s[2], s[3], s[4], s[5]])),
+    }
+}
+
+/// Writes `macs` over the frame's Ethernet addresses, with direct packet access (two stores
+/// rather than a helper call).
+#[inline(always)]
+fn set_macs(ctx: &TcContext, macs: FrameMacs) -> Option<()> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 12 > end {
+        return None;
+    }
+    let frame = data as *mut u8;
+    // SAFETY: the frame's first 12 bytes were bounds-checked just above.
+    unsafe {
+        words::store64::<0>(frame, macs.head);
+        words::store32::<8>(frame, macs.tail as u32);
+    }
+    Some(())
 }
