@@ -51,7 +51,9 @@ pub fn add_backend(h: &mut XdpHarness, id: u32, addr: IpAddr, port: u16, flags: 
         port_be: port.to_be_bytes(),
         _pad: [0; 2],
         flags,
-        ifindex: 0,
+        // Read only by the TC program (and copied into the XdpMeta): one per backend, so
+        // that a fixture can tell whose it got.
+        ifindex: 1000 + id,
     };
     let mut backends: HashMap<&mut MapData, u32, BackendValue> =
         HashMap::try_from(h.map_mut(maps::BACKENDS)).expect("backends map");

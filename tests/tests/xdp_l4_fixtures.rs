@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use aya::maps::{HashMap, MapData};
 use testkit::{
     bpf::{LO_IFINDEX, Verdict, XdpHarness},
     l4packets::{self, Flow, Frag, SCTP, Shape, TCP, UDP, icmp_error, ports, verify},
@@ -13,7 +14,11 @@ use testkit::{
         fixture_tables as setup, remove_backend, service_stats,
     },
 };
-use vipwire_common::{Reason, l4::XDP_META_MAGIC};
+use vipwire_common::{
+    Reason,
+    l4::{BackendValue, XDP_META_MAGIC, XdpMeta},
+    maps,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
@@ -88,7 +93,7 @@ fn run_cases(h: &mut XdpHarness, cases: Vec<Case>) {
             }
             Expect::Rewritten(expected, reason) => {
                 assert_eq!(out.verdict, Verdict::Pass, "{}: verdict", case.name);
-                let frame = strip_meta(&out.frame, case.name);
+                let frame = strip_meta(h, &out.frame, case.name);
                 verify(frame);
                 assert_eq!(hex(frame), hex(expected), "{}: output bytes", case.name);
                 *reason
@@ -103,21 +108,32 @@ fn run_cases(h: &mut XdpHarness, cases: Vec<Case>) {
 }
 
 /// A steered frame comes back with the `XdpMeta` for the TC program in front of it (BPF_PROG_RUN
-/// returns the metadata with the frame): checks it and returns the frame.
-fn strip_meta<'a>(output: &'a [u8], name: &str) -> &'a [u8] {
-    assert!(output.len() > 8, "{name}: output too short for the meta");
-    let magic = u32::from_ne_bytes(output[..4].try_into().expect("4 bytes"));
-    assert_eq!(magic, XDP_META_MAGIC, "{name}: XdpMeta magic");
-    let backend = u32::from_ne_bytes(output[4..8].try_into().expect("4 bytes"));
-    assert_ne!(backend, 0, "{name}: XdpMeta backend id");
-    &output[8..]
+/// returns the metadata with the frame): checks it against the backends map and returns the
+/// frame.
+fn strip_meta<'a>(h: &mut XdpHarness, output: &'a [u8], name: &str) -> &'a [u8] {
+    let len = size_of::<XdpMeta>();
+    assert!(output.len() > len, "{name}: output too short for the meta");
+    let field = |i: usize| u32::from_ne_bytes(output[i * 4..i * 4 + 4].try_into().expect("4"));
+    assert_eq!(field(0), XDP_META_MAGIC, "{name}: XdpMeta magic");
+    let backend_id = field(1);
+    let backends: HashMap<&mut MapData, u32, BackendValue> =
+        HashMap::try_from(h.map_mut(maps::BACKENDS)).expect("backends map");
+    let backend = backends
+        .get(&backend_id, 0)
+        .unwrap_or_else(|e| panic!("{name}: XdpMeta backend id {backend_id}: {e}"));
+    assert_eq!(
+        (field(2), field(3)),
+        (backend.ifindex, backend.flags),
+        "{name}: the XdpMeta's device and flags are the backend's"
+    );
+    &output[len..]
 }
 
 /// Runs a frame that must be steered; the rewritten frame without its meta.
 fn steer(h: &mut XdpHarness, frame: &[u8]) -> Vec<u8> {
     let out = h.run(frame, LO_IFINDEX);
     assert_eq!(out.verdict, Verdict::Pass);
-    strip_meta(&out.frame, "steered").to_vec()
+    strip_meta(h, &out.frame, "steered").to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {

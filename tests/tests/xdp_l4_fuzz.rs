@@ -23,7 +23,7 @@ use testkit::{
     l4packets::{Flow, Frag, SCTP, Shape, TCP, UDP, check, icmp_error},
     l4tables::{CLIENT4, CLIENT6, VIP4, VIP6, fixture_tables},
 };
-use vipwire_common::l4::XDP_META_MAGIC;
+use vipwire_common::l4::{XDP_META_MAGIC, XdpMeta};
 
 const DEFAULT_RUNS: u64 = 1_000_000;
 const DEFAULT_SEED: u64 = 0x6c34_6675_7a7a_0001;
@@ -186,7 +186,8 @@ fn non_vip_frames_pass_untouched_and_steered_ones_are_well_formed() {
                 if !to_vip {
                     fail(seed, run, &frame, "a non-VIP frame was changed");
                 }
-                if out.frame.len() != frame.len() + 8 {
+                let meta_len = size_of::<XdpMeta>();
+                if out.frame.len() != frame.len() + meta_len {
                     fail(seed, run, &frame, "rewritten frame without an XdpMeta");
                 }
                 let magic = u32::from_ne_bytes(out.frame[..4].try_into().expect("4"));
@@ -194,7 +195,7 @@ fn non_vip_frames_pass_untouched_and_steered_ones_are_well_formed() {
                 if magic != XDP_META_MAGIC || !BACKEND_IDS.contains(&backend) {
                     fail(seed, run, &frame, "bad XdpMeta");
                 }
-                let rewritten = &out.frame[8..];
+                let rewritten = &out.frame[meta_len..];
                 if !destination(rewritten).is_some_and(|d| backends.contains(&d)) {
                     fail(seed, run, &frame, "steered somewhere that is not a backend");
                 }

@@ -311,14 +311,25 @@ const _: () = assert!(size_of::<ServiceStats>() == 48);
 
 /// Written by XDP in front of a steered frame (`bpf_xdp_adjust_meta`) for the uplink's TC
 /// program, which delivers it to the backend.
+///
+/// The first [`XDP_META_ID_LEN`] bytes are all an older XDP program wrote (the magic was the
+/// same): the TC program takes such a record too, looking the backend up itself, so a
+/// program upgrade in either order keeps delivering.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpMeta {
     /// [`XDP_META_MAGIC`]: anything else in front of a frame is not ours.
     pub magic: u32,
     pub backend_id: u32,
+    /// The backend's [`BackendValue::ifindex`] and [`BackendValue::flags`] as XDP read them,
+    /// so that TC need not look the backend up again for a cached delivery.
+    pub ifindex: u32,
+    pub backend_flags: u32,
 }
-const _: () = assert!(size_of::<XdpMeta>() == 8);
+const _: () = assert!(size_of::<XdpMeta>() == 16);
+
+/// Length of the record's first part, `magic` and `backend_id`.
+pub const XDP_META_ID_LEN: usize = 8;
 
 /// [`XdpMeta::magic`]: "vw4\x01".
 pub const XDP_META_MAGIC: u32 = 0x7677_3401;

@@ -27,7 +27,7 @@ use vipwire_common::{
     Reason,
     l4::{
         BACKEND_VETH_PEER, CT_REVERSE, CtKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
-        XDP_META_MAGIC, XdpMeta, is_v4_mapped, v4_mapped,
+        XDP_META_ID_LEN, XDP_META_MAGIC, XdpMeta, is_v4_mapped, v4_mapped,
     },
 };
 
@@ -53,15 +53,21 @@ pub fn vipwire_tc_deliver(ctx: TcContext) -> i32 {
             (*ctx.skb.skb).data as usize,
         )
     };
-    if meta + size_of::<XdpMeta>() > data {
+    if meta + XDP_META_ID_LEN > data {
         return TC_ACT_OK;
     }
-    // SAFETY: bounds-checked against data just above.
-    let meta = unsafe { *(meta as *const XdpMeta) };
-    if meta.magic != XDP_META_MAGIC {
+    // SAFETY: bounds-checked against data just above (magic and backend id lead the record).
+    let (magic, backend_id) = unsafe { (*(meta as *const u32), *((meta + 4) as *const u32)) };
+    if magic != XDP_META_MAGIC {
         return TC_ACT_OK;
     }
-    let action = deliver(&ctx, meta.backend_id);
+    // The backend's device and flags, unless an older XDP program wrote only the id.
+    let hint = (meta + size_of::<XdpMeta>() <= data).then(|| {
+        // SAFETY: bounds-checked against data just above.
+        let meta = unsafe { *(meta as *const XdpMeta) };
+        (meta.ifindex, meta.backend_flags)
+    });
+    let action = deliver(&ctx, backend_id, hint);
     counters::bump(if action == TC_ACT_OK {
         Reason::Undeliverable
     } else {
@@ -81,24 +87,28 @@ pub fn vipwire_tc_reply(ctx: TcContext) -> i32 {
     }
 }
 
-/// Redirects a steered packet to backend `backend_id`; `TC_ACT_OK` when it cannot.
+/// Redirects a steered packet to backend `backend_id`; `TC_ACT_OK` when it cannot. `hint`:
+/// the backend's device and flags from the XDP program, which spare a lookup when the
+/// delivery is cached.
 #[inline(always)]
-fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
+fn deliver(ctx: &TcContext, backend_id: u32, hint: Option<(u32, u32)>) -> i32 {
+    if let Some((ifindex, flags)) = hint
+        && let Some(action) = cached_peer_delivery(ctx, backend_id, ifindex, flags)
+    {
+        return action;
+    }
     let Some(backend) = maps::BACKENDS.get_ptr(backend_id) else {
         return TC_ACT_OK;
     };
     // SAFETY: a map value from a successful lookup, valid while the program runs. Not
-    // copied: a copy of the whole value is sixteen byte loads, and a hit in the peer cache
-    // needs only its flags and device.
+    // copied: a copy of the whole value is sixteen byte loads.
     let backend = unsafe { &*backend };
-    let veth_peer = backend.flags & BACKEND_VETH_PEER != 0;
-    if veth_peer && let Some(macs) = peer_macs::get(backend_id, backend.ifindex) {
-        if set_macs(ctx, macs).is_none() {
-            return TC_ACT_OK;
-        }
-        // SAFETY: helper without memory arguments.
-        return unsafe { bpf_redirect_peer(backend.ifindex, 0) as i32 };
+    if hint.is_none()
+        && let Some(action) = cached_peer_delivery(ctx, backend_id, backend.ifindex, backend.flags)
+    {
+        return action;
     }
+    let veth_peer = backend.flags & BACKEND_VETH_PEER != 0;
     let Some(src) = packet_src(ctx) else {
         return TC_ACT_OK;
     };
@@ -125,6 +135,18 @@ fn deliver(ctx: &TcContext, backend_id: u32) -> i32 {
         },
         _ => TC_ACT_OK,
     }
+}
+
+/// Delivers into a veth peer with the Ethernet addresses cached for it (`peer_macs`);
+/// `None` when the backend is not behind a veth peer or nothing is cached.
+#[inline(always)]
+fn cached_peer_delivery(ctx: &TcContext, backend_id: u32, ifindex: u32, flags: u32) -> Option<i32> {
+    if flags & BACKEND_VETH_PEER == 0 {
+        return None;
+    }
+    set_macs(ctx, peer_macs::get(backend_id, ifindex)?)?;
+    // SAFETY: helper without memory arguments.
+    Some(unsafe { bpf_redirect_peer(ifindex, 0) as i32 })
 }
 
 /// Rewrites a reply of a tracked flow to come from VIP:port and sends it towards the

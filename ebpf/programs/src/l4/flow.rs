@@ -109,6 +109,8 @@ fn aim(
     scratch.target.rewrite_port = u8::from(port);
     scratch.target.backend_id = backend_id;
     scratch.target.service_id = service_id;
+    scratch.target.ifindex = backend.ifindex;
+    scratch.target.backend_flags = backend.flags;
 }
 
 /// A later fragment: follows its first fragment's backend, or goes to the kernel when the

@@ -104,7 +104,7 @@ fn quoted_v4(ctx: &XdpContext, ip: &Ip) -> Option<Verdict> {
             .replace(&old, &new_addr)
             .apply((*outer).check_be);
     }
-    hand_to_tc(ctx, backend_id);
+    hand_to_tc(ctx, backend_id, backend.ifindex, backend.flags);
     Some(Verdict::pass(Reason::IcmpError))
 }
 
@@ -169,7 +169,7 @@ fn quoted_v6(ctx: &XdpContext, ip: &Ip) -> Option<Verdict> {
         (*icmp)[3] = check[1];
         (*outer).dst = backend.addr_be;
     }
-    hand_to_tc(ctx, backend_id);
+    hand_to_tc(ctx, backend_id, backend.ifindex, backend.flags);
     Some(Verdict::pass(Reason::IcmpError))
 }
 

@@ -126,6 +126,9 @@ pub struct Target {
     pub _pad: u8,
     pub backend_id: u32,
     pub service_id: u32,
+    /// The backend's device and flags, for the TC program (`XdpMeta`).
+    pub ifindex: u32,
+    pub backend_flags: u32,
 }
 
 #[map(name = "l4_scratch")]

@@ -81,7 +81,7 @@ fn finish(ctx: &XdpContext, packed: u64) -> Option<Verdict> {
                 s.packets += 1;
                 s.bytes += u64::from(scratch.ip.len);
             });
-            hand_to_tc(ctx, target.backend_id);
+            hand_to_tc(ctx, target.backend_id, target.ifindex, target.backend_flags);
             Some(verdict)
         }
         // A candidate: the lookup saw an ICMP error to a VIP.
@@ -181,7 +181,7 @@ fn is_syn(ctx: &XdpContext, ip: &headers::Ip) -> bool {
 /// Puts the [`XdpMeta`] for the uplink's TC program in front of the frame. Without room for
 /// it (a driver without metadata support), the DNATed packet goes to the kernel as it is.
 #[inline(always)]
-fn hand_to_tc(ctx: &XdpContext, backend_id: u32) {
+pub fn hand_to_tc(ctx: &XdpContext, backend_id: u32, ifindex: u32, backend_flags: u32) {
     // SAFETY: the helper only moves data_meta; every pointer is re-derived afterwards.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<XdpMeta>() as i32)) } != 0 {
         return;
@@ -191,11 +191,13 @@ fn hand_to_tc(ctx: &XdpContext, backend_id: u32) {
         return;
     }
     // SAFETY: bounds-checked against data just above; XdpMeta's alignment (4) holds
-    // because data is 4-aligned and the meta is 8 bytes before it.
+    // because data is 4-aligned and the meta is 16 bytes before it.
     unsafe {
         *(meta as *mut XdpMeta) = XdpMeta {
             magic: XDP_META_MAGIC,
             backend_id,
+            ifindex,
+            backend_flags,
         };
     }
 }
