@@ -169,6 +169,7 @@ fn merge(loads: &[Arc<FileLoad>]) -> Option<Snapshot> {
         services: services.into_iter().collect(),
         endpoint_slices: slices.into_iter().collect(),
         nodes: nodes.into_iter().collect(),
+        ..Snapshot::default()
     };
     // Each file's objects are unique (its collector checked); fewer after the merge means an
     // object defined in two files.
