@@ -163,6 +163,13 @@ impl Incremental {
         self.changes.replace(BTreeSet::new())
     }
 
+    /// What [`Self::take_changes`] would return, left in place. Every VIP whose `l2` or `bgp`
+    /// membership changed has a frontend in it (a VIP is a member only while it keeps one, and
+    /// redoing a VIP notes all its frontends before and after).
+    pub fn changes(&self) -> Option<&BTreeSet<Frontend>> {
+        self.changes.as_ref()
+    }
+
     /// The desired state as of the last [`Self::update`].
     pub fn desired(&self) -> &Arc<Desired> {
         &self.desired

@@ -210,6 +210,15 @@ fn check(seed: u64, config: &ModelConfig, steps: usize, seen: &mut Seen, publish
         assert_eq!(changes.is_none(), n == 0, "seed {seed}, step {n}");
         if let Some(changes) = changes {
             let old: &crate::model::Desired = &before;
+            // The run loop diffs the L2 maps over these VIPs only.
+            let vips: std::collections::BTreeSet<_> = changes.iter().map(|f| f.vip).collect();
+            let flipped = old.l2.symmetric_difference(&got.l2);
+            for vip in flipped.chain(old.bgp.symmetric_difference(&got.bgp)) {
+                assert!(
+                    vips.contains(vip),
+                    "seed {seed}, step {n}: {vip} not in the hint"
+                );
+            }
             for frontend in old.services.keys().chain(got.services.keys()) {
                 if old.services.get(frontend) != got.services.get(frontend) {
                     assert!(
