@@ -335,7 +335,18 @@ fn reconcile(
         }
     }
     let plane = &mut *target.plane;
-    let delta = apply_l2(plane, target.l2_written, config.l2.enabled, &desired.l2)?;
+    // Only the VIPs of frontends that may have changed can have changed L2 membership.
+    let vips = target
+        .model
+        .changes()
+        .map(|changes| changes.iter().map(|f| f.vip).collect::<BTreeSet<_>>());
+    let delta = apply_l2(
+        plane,
+        target.l2_written,
+        config.l2.enabled,
+        &desired.l2,
+        vips.as_ref(),
+    )?;
     // One line per VIP for a few; a mass takeover (the first reconcile) is summed up.
     let each = delta.added.len() + delta.removed.len() <= LOG_EACH;
     if !each {
@@ -410,12 +421,14 @@ fn reconcile(
 }
 
 /// Brings the L2 maps to `vips` on every attachment. Diffs against `written` (what this agent
-/// wrote last: no kernel reads, cost of the change) when known, else against the kernel.
+/// wrote last: no kernel reads, cost of the change) when known, else against the kernel;
+/// against `written`, only the `changed` VIPs when given (the others are as written).
 fn apply_l2(
     plane: &mut Dataplane,
     written: &mut Option<BTreeSet<IpAddr>>,
     enabled: bool,
     vips: &BTreeSet<IpAddr>,
+    changed: Option<&BTreeSet<IpAddr>>,
 ) -> Result<l2::L2Delta, RunError> {
     let none = BTreeSet::new();
     let vips = if enabled { vips } else { &none };
@@ -430,9 +443,28 @@ fn apply_l2(
             .into_iter()
             .collect::<Vec<_>>()
     };
+    let (added, removed) = match changed {
+        // With L2 off, `vips` is empty and every written VIP goes: walk them all.
+        Some(changed) if enabled => (
+            changed
+                .iter()
+                .filter(|v| vips.contains(v) && !known.contains(v))
+                .copied()
+                .collect(),
+            changed
+                .iter()
+                .filter(|v| known.contains(v) && !vips.contains(v))
+                .copied()
+                .collect(),
+        ),
+        _ => (
+            vips.difference(&known).copied().collect(),
+            known.difference(vips).copied().collect(),
+        ),
+    };
     let delta = l2::L2Delta {
-        added: expand(vips.difference(&known).copied().collect()),
-        removed: expand(known.difference(vips).copied().collect()),
+        added: expand(added),
+        removed: expand(removed),
     };
     // On error `written` stays `None`: the next reconcile diffs against the kernel.
     l2::write(plane.ebpf_mut(), &delta)?;

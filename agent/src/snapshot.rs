@@ -3,6 +3,12 @@
 //!
 //! Objects are held in `Arc`s because the reflector stores hand them out that way, so building a
 //! snapshot from the stores copies pointers, not objects.
+//!
+//! Sources publish through a [`Publisher`]: each new snapshot costs the objects that changed
+//! (not a copy of every map), and says which keys changed ([`Snapshot::changed_since`]).
+
+mod lineage;
+mod publish;
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -14,6 +20,11 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde::Serialize;
+
+pub use self::{
+    lineage::{Keys, Lineage},
+    publish::{Draft, Publisher, Tracked},
+};
 
 /// The namespace an object without `metadata.namespace` lands in, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -61,12 +72,36 @@ impl Serialize for ObjectKey {
 }
 
 /// Everything the model reads. Sources replace whole snapshots; the model never sees a partial one.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     /// Nodes are cluster-scoped: keyed by name.
     pub nodes: BTreeMap<String, Arc<Node>>,
+    /// Where it comes from (set by a [`Publisher`]); not part of the content.
+    pub lineage: Lineage,
+}
+
+/// The content; the copy has no [`Lineage`]: it may be edited, so what changed since an
+/// earlier snapshot is no longer known.
+impl Clone for Snapshot {
+    fn clone(&self) -> Self {
+        Self {
+            services: self.services.clone(),
+            endpoint_slices: self.endpoint_slices.clone(),
+            nodes: self.nodes.clone(),
+            lineage: Lineage::default(),
+        }
+    }
+}
+
+/// Equal content; the [`Lineage`] is not compared.
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+            && self.endpoint_slices == other.endpoint_slices
+            && self.nodes == other.nodes
+    }
 }
 
 impl Snapshot {
@@ -128,6 +163,7 @@ impl Snapshot {
                 .into_iter()
                 .filter_map(|n| Some((n.metadata.name.clone().filter(|n| !n.is_empty())?, n)))
                 .collect(),
+            lineage: Lineage::default(),
         }
     }
 

@@ -163,6 +163,13 @@ impl Incremental {
         self.changes.replace(BTreeSet::new())
     }
 
+    /// What [`Self::take_changes`] would return, left in place. Every VIP whose `l2` or `bgp`
+    /// membership changed has a frontend in it (a VIP is a member only while it keeps one, and
+    /// redoing a VIP notes all its frontends before and after).
+    pub fn changes(&self) -> Option<&BTreeSet<Frontend>> {
+        self.changes.as_ref()
+    }
+
     /// The desired state as of the last [`Self::update`].
     pub fn desired(&self) -> &Arc<Desired> {
         &self.desired
@@ -175,13 +182,22 @@ impl Incremental {
             return &self.desired;
         }
         let previous = std::mem::replace(&mut self.previous, snapshot.clone());
+        // The keys the source says changed, when it can: the cost of the change instead of a
+        // walk over every object.
+        let keys = snapshot.changed_since(&previous);
         let mut dirty_services = BTreeSet::new();
-        diff_maps(&previous.services, &snapshot.services, |key, _, _| {
-            dirty_services.insert(key.clone());
-        });
+        diff_maps(
+            &previous.services,
+            &snapshot.services,
+            keys.as_ref().map(|k| &k.services),
+            |key, _, _| {
+                dirty_services.insert(key.clone());
+            },
+        );
         diff_maps(
             &previous.endpoint_slices,
             &snapshot.endpoint_slices,
+            keys.as_ref().map(|k| &k.endpoint_slices),
             |key, _, new| {
                 if let Some(owner) = self.slice_owner.remove(key) {
                     if let Some(slices) = self.slices_of.get_mut(&owner) {
@@ -207,9 +223,14 @@ impl Incremental {
             },
         );
         let mut nodes_changed = !self.started;
-        diff_maps(&previous.nodes, &snapshot.nodes, |_, _, _| {
-            nodes_changed = true;
-        });
+        diff_maps(
+            &previous.nodes,
+            &snapshot.nodes,
+            keys.as_ref().map(|k| &k.nodes),
+            |_, _, _| {
+                nodes_changed = true;
+            },
+        );
         self.started = true;
         drop(previous);
 
@@ -480,13 +501,29 @@ fn count(counts: &mut BTreeMap<Warning, usize>, old: &[Warning], new: &[Warning]
 }
 
 /// Calls `changed(key, old, new)` for every key whose object differs between the two maps
-/// (added, removed, or replaced by a different value). Unchanged objects share their `Arc`,
-/// so the walk is pointer comparisons; values are compared only when the pointers differ.
+/// (added, removed, or replaced by a different value). Only `keys` are looked at when given
+/// (a superset of the keys that changed); else both maps are walked. Unchanged objects share
+/// their `Arc`, so the walk is pointer comparisons; values are compared only when the
+/// pointers differ.
 fn diff_maps<K: Ord, V: PartialEq>(
     old: &BTreeMap<K, Arc<V>>,
     new: &BTreeMap<K, Arc<V>>,
+    keys: Option<&BTreeSet<K>>,
     mut changed: impl FnMut(&K, Option<&Arc<V>>, Option<&Arc<V>>),
 ) {
+    if let Some(keys) = keys {
+        for key in keys {
+            let (was, is) = (old.get(key), new.get(key));
+            let same = match (was, is) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            if !same {
+                changed(key, was, is);
+            }
+        }
+        return;
+    }
     let mut old_iter = old.iter().peekable();
     let mut new_iter = new.iter().peekable();
     loop {

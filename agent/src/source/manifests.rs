@@ -11,6 +11,8 @@ mod validate;
 mod watch;
 
 #[cfg(test)]
+mod reread_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{
@@ -32,7 +34,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_yaml_ng::Value;
 
 pub use self::{
-    cache::{DirCache, load_dir_cached},
+    cache::{DirCache, Reloaded, load_dir_cached},
     watch::{DEBOUNCE, ManifestSource, POLL_INTERVAL, spawn, spawn_manifest_source},
 };
 use crate::snapshot::{ObjectKey, Snapshot};

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{Collector, Loaded, ManifestErrors, load_dir, manifest_files};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Draft, Publisher, Snapshot, Tracked};
 
 /// What a file looked like when it was parsed: any write, rename over it or replacement
 /// changes one of these (ctime moves on every write). File timestamps are coarse (a kernel
@@ -69,9 +69,11 @@ impl Stamp {
 #[derive(Default)]
 pub struct DirCache {
     files: HashMap<PathBuf, (Stamp, Arc<FileLoad>)>,
-    /// The last good merge of every file's objects: the next load patches it with the files
-    /// that changed instead of merging (sorting) every object again.
-    merged: Option<Snapshot>,
+    /// Whether the publisher's current snapshot is the merge of `files`: then the next load
+    /// patches it with the files that changed instead of merging (sorting) every object again.
+    /// False at the start and after a rejected load (`files` holds the rejected files then).
+    merged: bool,
+    publisher: Publisher,
 }
 
 /// One file's objects, remarks and problems, as a [`Collector`] of its own found them.
@@ -81,77 +83,125 @@ struct FileLoad {
     failed: bool,
 }
 
+/// A good re-read.
+pub struct Reloaded {
+    /// The directory's content: a new snapshot when it changed, else the last one.
+    pub snapshot: Arc<Snapshot>,
+    pub changed: bool,
+    pub warnings: Vec<String>,
+}
+
 /// [`load_dir`], parsing only the files whose [`Stamp`] changed since the last call with the
 /// same `cache`. The result is the same as [`load_dir`]'s: any problem (a bad file, an object
 /// defined in two files) falls back to [`load_dir`] itself for the exact error list.
 pub fn load_dir_cached(dir: &Path, cache: &mut DirCache) -> Result<Loaded, ManifestErrors> {
-    let merged = cache.merged.take();
-    let Ok(files) = manifest_files(dir) else {
-        cache.files.clear();
-        return load_dir(dir);
-    };
-    let mut fresh = HashMap::with_capacity(files.len());
-    let mut loads = Vec::with_capacity(files.len());
-    // What the last merge must lose and gain: the old and new loads of files parsed again.
-    let (mut gone, mut came) = (Vec::new(), Vec::new());
-    for path in files {
-        let Ok(stamp) = Stamp::of(&path) else {
-            // Gone between listing and reading, or unreadable: let the plain path decide.
-            continue;
-        };
-        let old = match cache.files.remove(&path) {
-            Some((old, load)) if old.still(&stamp) => {
-                loads.push(load.clone());
-                fresh.insert(path, (stamp, load));
-                continue;
-            }
-            old => old.map(|(_, load)| load),
-        };
-        let load = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let mut collector = Collector::default();
-                collector.file(&path, &text);
-                Arc::new(FileLoad {
-                    failed: !collector.errors.is_empty(),
-                    snapshot: collector.snapshot,
-                    warnings: collector.warnings,
+    cache.reload(dir).map(|r| Loaded {
+        snapshot: (*r.snapshot).clone(),
+        warnings: r.warnings,
+    })
+}
+
+impl DirCache {
+    /// [`load_dir_cached`] without the copy: a changed directory costs the objects of the
+    /// files that changed, published as a new snapshot of the cache's [`Publisher`].
+    pub fn reload(&mut self, dir: &Path) -> Result<Reloaded, ManifestErrors> {
+        match self.read(dir) {
+            Ok(warnings) => {
+                let published = self.publisher.commit();
+                Ok(Reloaded {
+                    changed: published.is_some(),
+                    snapshot: self.publisher.current().clone(),
+                    warnings,
                 })
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                gone.extend(old);
-                continue;
+            Err(errors) => {
+                self.merged = false;
+                self.publisher.discard();
+                Err(errors)
             }
-            Err(_) => {
-                cache.files.clear();
-                return load_dir(dir);
-            }
-        };
-        gone.extend(old);
-        came.push(load.clone());
-        loads.push(load.clone());
-        fresh.insert(path, (stamp, load));
-    }
-    // Files no longer listed.
-    gone.extend(cache.files.drain().map(|(_, (_, load))| load));
-    cache.files = fresh;
-    let mut loaded = Loaded::default();
-    for load in &loads {
-        if load.failed {
-            return load_dir(dir);
         }
-        loaded.warnings.extend(load.warnings.iter().cloned());
     }
-    let snapshot = match merged {
-        Some(merged) => patch(merged, &gone, &came),
-        None => merge(&loads),
-    };
-    // None: an object defined in two files; the plain load names both places.
-    let Some(snapshot) = snapshot else {
-        return load_dir(dir);
-    };
-    cache.merged = Some(snapshot.clone());
-    loaded.snapshot = snapshot;
-    Ok(loaded)
+
+    /// Brings the publisher's draft to the directory's content; its warnings.
+    fn read(&mut self, dir: &Path) -> Result<Vec<String>, ManifestErrors> {
+        let Ok(files) = manifest_files(dir) else {
+            self.files.clear();
+            return self.plain(dir);
+        };
+        let mut fresh = HashMap::with_capacity(files.len());
+        let mut loads = Vec::with_capacity(files.len());
+        // What the last merge must lose and gain: the old and new loads of files parsed again.
+        let (mut gone, mut came) = (Vec::new(), Vec::new());
+        for path in files {
+            let Ok(stamp) = Stamp::of(&path) else {
+                // Gone between listing and reading, or unreadable: let the plain path decide.
+                continue;
+            };
+            let old = match self.files.remove(&path) {
+                Some((old, load)) if old.still(&stamp) => {
+                    loads.push(load.clone());
+                    fresh.insert(path, (stamp, load));
+                    continue;
+                }
+                old => old.map(|(_, load)| load),
+            };
+            let load = match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let mut collector = Collector::default();
+                    collector.file(&path, &text);
+                    Arc::new(FileLoad {
+                        failed: !collector.errors.is_empty(),
+                        snapshot: collector.snapshot,
+                        warnings: collector.warnings,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    gone.extend(old);
+                    continue;
+                }
+                Err(_) => {
+                    self.files.clear();
+                    return self.plain(dir);
+                }
+            };
+            gone.extend(old);
+            came.push(load.clone());
+            loads.push(load.clone());
+            fresh.insert(path, (stamp, load));
+        }
+        // Files no longer listed.
+        gone.extend(self.files.drain().map(|(_, (_, load))| load));
+        self.files = fresh;
+        let mut warnings = Vec::new();
+        for load in &loads {
+            if load.failed {
+                return self.plain(dir);
+            }
+            warnings.extend(load.warnings.iter().cloned());
+        }
+        let draft = self.publisher.draft();
+        let merged = if self.merged {
+            patch(draft, &gone, &came)
+        } else {
+            merge(&loads)
+                .map(|snapshot| draft.replace(snapshot))
+                .is_some()
+        };
+        // False: an object defined in two files; the plain load names both places.
+        if !merged {
+            return self.plain(dir);
+        }
+        self.merged = true;
+        Ok(warnings)
+    }
+
+    /// The plain [`load_dir`], into the draft when good; the cached files are not its merge.
+    fn plain(&mut self, dir: &Path) -> Result<Vec<String>, ManifestErrors> {
+        self.merged = false;
+        let loaded = load_dir(dir)?;
+        self.publisher.draft().replace(loaded.snapshot);
+        Ok(loaded.warnings)
+    }
 }
 
 /// Every file's objects in one snapshot; `None` when two files define the same object.
@@ -169,6 +219,7 @@ fn merge(loads: &[Arc<FileLoad>]) -> Option<Snapshot> {
         services: services.into_iter().collect(),
         endpoint_slices: slices.into_iter().collect(),
         nodes: nodes.into_iter().collect(),
+        ..Snapshot::default()
     };
     // Each file's objects are unique (its collector checked); fewer after the merge means an
     // object defined in two files.
@@ -176,37 +227,33 @@ fn merge(loads: &[Arc<FileLoad>]) -> Option<Snapshot> {
     (merged == objects).then_some(snapshot)
 }
 
-/// `merged` (the last good merge) without the objects of the `gone` loads and with those of
-/// the `came` ones: the cost of the files that changed, not of the directory. `None` when an
+/// The draft (the last good merge) without the objects of the `gone` loads and with those of
+/// the `came` ones: the cost of the files that changed, not of the directory. False when an
 /// object put in is already there (defined in two files).
-fn patch(mut merged: Snapshot, gone: &[Arc<FileLoad>], came: &[Arc<FileLoad>]) -> Option<Snapshot> {
+fn patch(draft: &mut Draft, gone: &[Arc<FileLoad>], came: &[Arc<FileLoad>]) -> bool {
     for old in gone {
         let old = &old.snapshot;
         for key in old.services.keys() {
-            merged.services.remove(key);
+            draft.services().remove(key);
         }
         for key in old.endpoint_slices.keys() {
-            merged.endpoint_slices.remove(key);
+            draft.endpoint_slices().remove(key);
         }
         for key in old.nodes.keys() {
-            merged.nodes.remove(key);
+            draft.nodes().remove(key);
         }
     }
-    for new in came {
+    came.iter().all(|new| {
         let new = &new.snapshot;
-        if !put(&mut merged.services, &new.services)
-            || !put(&mut merged.endpoint_slices, &new.endpoint_slices)
-            || !put(&mut merged.nodes, &new.nodes)
-        {
-            return None;
-        }
-    }
-    Some(merged)
+        put(draft.services(), &new.services)
+            && put(draft.endpoint_slices(), &new.endpoint_slices)
+            && put(draft.nodes(), &new.nodes)
+    })
 }
 
 /// Inserts every entry of `from`; false when one was already there.
 fn put<K: Ord + Clone, V>(
-    into: &mut std::collections::BTreeMap<K, Arc<V>>,
+    mut into: Tracked<'_, K, V>,
     from: &std::collections::BTreeMap<K, Arc<V>>,
 ) -> bool {
     from.iter()

@@ -27,7 +27,7 @@ use tokio::{
     time::{Instant, sleep},
 };
 
-use super::{DirCache, Loaded, ManifestErrors, is_manifest_name, load_dir_cached};
+use super::{DirCache, ManifestErrors, Reloaded, is_manifest_name};
 use crate::{
     coalesce::{Coalescer, sleep_until_opt},
     snapshot::Snapshot,
@@ -187,7 +187,7 @@ async fn reload(
     let path = dir.to_owned();
     let started = std::time::Instant::now();
     let read = tokio::task::spawn_blocking(move || {
-        let result = load_dir_cached(&path, &mut cache);
+        let result = cache.reload(&path);
         (result, cache)
     });
     let (result, cache) = match read.await {
@@ -212,22 +212,23 @@ async fn reload(
 
 fn accept(
     dir: &Path,
-    loaded: Loaded,
+    reloaded: Reloaded,
     snapshots: &watch::Sender<Option<Arc<Snapshot>>>,
     status: &watch::Sender<SourceStatus>,
 ) {
-    let Loaded { snapshot, warnings } = loaded;
+    let Reloaded {
+        snapshot,
+        changed,
+        warnings,
+    } = reloaded;
     let (services, slices, nodes) = (
         snapshot.services.len(),
         snapshot.endpoint_slices.len(),
         snapshot.nodes.len(),
     );
-    // This task is the only sender: compare, then update the status before publishing, so a
-    // consumer woken by the snapshot reads the matching status.
-    let changed = !snapshots
-        .borrow()
-        .as_deref()
-        .is_some_and(|s| s.same_as(&snapshot));
+    // This task is the only sender: update the status before publishing, so a consumer woken
+    // by the snapshot reads the matching status. The first load is published even if empty.
+    let changed = changed || snapshots.borrow().is_none();
     let recovered = status.borrow().error.is_some();
     if changed || recovered {
         for warning in &warnings {
@@ -241,7 +242,7 @@ fn accept(
         s.warnings = warnings;
     });
     if changed {
-        snapshots.send_replace(Some(Arc::new(snapshot)));
+        snapshots.send_replace(Some(snapshot));
     }
 }
 
