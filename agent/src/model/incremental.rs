@@ -59,7 +59,7 @@ struct Family {
 /// One frontend a Service asks for, ready to be inserted if it keeps it.
 struct FrontendPart {
     frontend: Frontend,
-    service: DesiredService,
+    service: Arc<DesiredService>,
     /// Raised while resolving its backends; reported only when the Service keeps the frontend.
     warnings: Vec<Warning>,
 }
@@ -314,7 +314,8 @@ impl Incremental {
                 active_nodes: f.active_nodes.iter().map(|n| (*n).to_owned()).collect(),
             }
         };
-        let mut frontends = Vec::new();
+        // Exactly sized: grown one at a time, a Service's single frontend had room for four.
+        let mut frontends = Vec::with_capacity(selected.vips.len() * selected.ports.len());
         for &vip in &selected.vips {
             for port in &selected.ports {
                 let mut frontend_warnings = Vec::new();
@@ -332,7 +333,7 @@ impl Incremental {
                         port: port.port,
                         protocol: port.protocol,
                     },
-                    service: selected.desired_service(port, vip, backends),
+                    service: Arc::new(selected.desired_service(port, vip, backends)),
                     warnings: frontend_warnings,
                 });
             }

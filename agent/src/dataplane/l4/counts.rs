@@ -54,7 +54,7 @@ pub(super) struct Counts {
 impl Counts {
     /// The counts of `desired`, from nothing.
     pub fn of<'a>(
-        desired: impl IntoIterator<Item = (&'a Frontend, &'a DesiredService)>,
+        desired: impl IntoIterator<Item = (&'a Frontend, &'a std::sync::Arc<DesiredService>)>,
     ) -> Touched {
         let mut touching = Touching {
             base: None,

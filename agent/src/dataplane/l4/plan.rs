@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     dataplane::route::Delivery,
-    model::{BackendState, DesiredService, Frontend},
+    model::{BackendState, DesiredService, Frontend, Services},
 };
 
 mod tables;
@@ -235,7 +235,7 @@ impl Planner {
     /// `None` compares them all.
     pub(super) fn plan(
         &mut self,
-        desired: &BTreeMap<Frontend, DesiredService>,
+        desired: &Services,
         changed: Option<&BTreeSet<Frontend>>,
         resolve: &mut dyn FnMut(IpAddr) -> Delivery,
     ) -> Result<Plan, L4Error> {
