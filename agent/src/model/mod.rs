@@ -33,6 +33,7 @@ mod incremental;
 pub mod l2;
 mod nodes;
 mod services;
+mod sorted;
 mod warning;
 
 #[cfg(test)]
