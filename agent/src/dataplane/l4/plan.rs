@@ -310,7 +310,7 @@ impl Planner {
             self.by_key
                 .reserve(refs.len().saturating_sub(self.by_key.len()));
         }
-        for (&key, count) in refs {
+        for &(key, count) in refs {
             if count.listed == 0 {
                 continue;
             }
@@ -435,7 +435,7 @@ impl Planner {
             for (&id, value) in &self.mirror.backends {
                 let key = backend_key(value);
                 // Unwanted, or a second id for the same key (maps written by someone else).
-                let wanted = refs.get(&key).is_some_and(|r| r.listed > 0);
+                let wanted = counts.refs_of(&key).is_some_and(|r| r.listed > 0);
                 if !wanted || self.by_key.get(&key) != Some(&id) {
                     plan.ops.push(Op::DelBackend { id });
                 }
