@@ -49,7 +49,10 @@ use std::{
 
 use ipnet::IpNet;
 
-pub use self::{incremental::Incremental, nodes::NodeState, warning::Warning};
+pub use self::{
+    incremental::Incremental, nodes::NodeState, services::SOURCE_RANGES_ANNOTATION,
+    warning::Warning,
+};
 use crate::{
     config::Config,
     snapshot::{ObjectKey, Snapshot},
