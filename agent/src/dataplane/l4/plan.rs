@@ -23,7 +23,7 @@ use vipwire_common::l4::{
 
 use super::{
     L4Error, ServiceView,
-    counts::{Counts, Touched, keys},
+    counts::{Counts, TouchedIds, keys},
     ids::Ids,
     mirror::{Mirror, Op, addr16, backend_key},
     view::{Source, Views},
@@ -52,7 +52,7 @@ pub struct Plan {
 pub(super) struct Book {
     /// Frontends planned from a new desired state (`None`: removed).
     frontends: Vec<(Frontend, Option<Written>)>,
-    counts: Touched,
+    counts: TouchedIds,
 }
 
 /// What the planner keeps of a frontend it wrote: enough to tell whether its desired state
@@ -275,7 +275,7 @@ impl Planner {
         let counts = if full {
             Counts::of(desired)
         } else {
-            let mut touching = self.counts.touch();
+            let mut touching = self.counts.touch(&self.by_key);
             for frontend in updated.iter().map(|(f, _, _)| f).chain(&removed) {
                 if let Some(old) = self.last.get(frontend) {
                     let backends = old.backends.iter().filter_map(|&(id, active)| {
@@ -466,7 +466,7 @@ impl Planner {
             })
             .chain(removed.into_iter().map(|f| (f, None)))
             .collect();
-        plan.book.counts = counts;
+        plan.book.counts = counts.by_id(&self.by_key);
         Ok(plan)
     }
 
