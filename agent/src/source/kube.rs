@@ -12,7 +12,7 @@ use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, Service, ServiceSpec},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -331,9 +331,10 @@ fn trim_slice(slice: &mut EndpointSlice) {
     }
 }
 
-/// [`trim`], plus what the model never reads of a Service: its selector (a map node with room
-/// for eleven labels, 5 MiB at 10,000 Services), its labels, and its annotations but the
-/// source-ranges one.
+/// [`trim`], plus what the model never reads of a Service: its labels, its annotations but the
+/// source-ranges one, and its spec but the fields listed here. The selector alone is a map
+/// node with room for eleven labels (5 MiB at 10,000 Services); cluster IPs and IP families
+/// are four more strings per Service.
 fn trim_service(service: &mut Service) {
     trim(service);
     service.metadata.labels = None;
@@ -348,8 +349,17 @@ fn trim_service(service: &mut Service) {
     {
         service.metadata.annotations = None;
     }
-    if let Some(spec) = service.spec.as_mut() {
-        spec.selector = None;
+    if let Some(spec) = service.spec.take() {
+        service.spec = Some(ServiceSpec {
+            type_: spec.type_,
+            load_balancer_class: spec.load_balancer_class,
+            ports: spec.ports,
+            external_traffic_policy: spec.external_traffic_policy,
+            session_affinity: spec.session_affinity,
+            session_affinity_config: spec.session_affinity_config,
+            load_balancer_source_ranges: spec.load_balancer_source_ranges,
+            ..ServiceSpec::default()
+        });
     }
 }
 
@@ -546,7 +556,13 @@ mod tests {
                     crate::model::SOURCE_RANGES_ANNOTATION: "10.0.0.0/8",
                 },
             },
-            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}},
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": {"app": "web"},
+                "clusterIPs": ["10.96.0.10"],
+                "ports": [{"port": 80}],
+                "externalTrafficPolicy": "Local",
+            },
         }))
         .unwrap();
         trim_service(&mut service);
@@ -561,6 +577,9 @@ mod tests {
             (spec.type_.as_deref(), &spec.selector),
             (Some("LoadBalancer"), &None)
         );
+        assert_eq!(spec.cluster_ips, None);
+        assert_eq!(spec.ports.as_ref().map(|p| p[0].port), Some(80));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
 
         service.metadata.annotations = Some([("a".to_owned(), "b".to_owned())].into());
         trim_service(&mut service);
