@@ -73,7 +73,7 @@ impl Touched {
 /// [`Touched`] by backend id: what [`Counts::commit`] takes.
 #[derive(Clone, Debug, Default)]
 pub(super) struct TouchedIds {
-    full: bool,
+    pub full: bool,
     refs: Vec<(u32, Refs)>,
     bits: BTreeMap<u32, u32>,
 }

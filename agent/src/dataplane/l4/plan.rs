@@ -193,6 +193,12 @@ impl Planner {
     /// After every operation of `plan` succeeded.
     pub(super) fn commit(&mut self, plan: Plan) {
         let book = plan.book;
+        if book.counts.full {
+            // A full plan fills the mirror in key order, which leaves a BTreeMap's nodes half
+            // empty (5.8 MiB for 100,000 backends); built again in bulk, they are full (3.4).
+            dense(&mut self.mirror.backends);
+            dense(&mut self.mirror.services);
+        }
         self.counts.commit(book.counts);
         let written: Vec<Frontend> = book.frontends.iter().map(|(f, _)| *f).collect();
         for (frontend, service) in book.frontends {
@@ -485,6 +491,10 @@ impl Planner {
         };
         self.views.get(&source)
     }
+}
+
+fn dense<K: Ord, V>(map: &mut BTreeMap<K, V>) {
+    *map = std::mem::take(map).into_iter().collect();
 }
 
 fn count_device(devices: &mut BTreeMap<u32, u32>, ifindex: u32, up: bool) {
