@@ -1,8 +1,9 @@
-//! The writer's reference counts, over the frontends it has written: per backend key, how many
-//! list it and how many list it active (the entry lives while one lists it, and is active
-//! while one lists it active); per VIP filter bit, how many have a VIP with that bit. A plan
-//! computes the new counts of the keys and bits it touches from the frontends it replans
-//! ([`Counts::touch`]); they become the writer's once the plan has been executed.
+//! The writer's reference counts, over the frontends it has written: per backend (kept by id,
+//! counted by key), how many list it and how many list it active (the entry lives while one
+//! lists it, and is active while one lists it active); per VIP filter bit, how many have a VIP
+//! with that bit. A plan computes the new counts of the keys and bits it touches from the
+//! frontends it replans ([`Counts::touch`]); they become the writer's once the plan has been
+//! executed.
 
 use std::{
     collections::{BTreeMap, HashMap},
