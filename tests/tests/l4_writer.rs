@@ -8,6 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     process::Command,
+    sync::Arc,
 };
 
 use aya::maps::{HashMap, Map, MapData};
@@ -62,7 +63,7 @@ fn frontend(vip: &str, port: u16) -> Frontend {
     }
 }
 
-fn service(backends: &[(IpAddr, BackendState)]) -> DesiredService {
+fn service(backends: &[(IpAddr, BackendState)]) -> Arc<DesiredService> {
     let mut backends: Vec<Backend> = backends
         .iter()
         .map(|&(addr, state)| Backend {
@@ -72,7 +73,7 @@ fn service(backends: &[(IpAddr, BackendState)]) -> DesiredService {
         })
         .collect();
     backends.sort();
-    DesiredService {
+    Arc::new(DesiredService {
         service: ObjectKey::new("default", "web"),
         port_name: None,
         target_port: TargetPort::Number(8080),
@@ -80,7 +81,7 @@ fn service(backends: &[(IpAddr, BackendState)]) -> DesiredService {
         session_affinity: None,
         source_ranges: None,
         backends,
-    }
+    })
 }
 
 fn open(dir: &BpffsDir) -> Dataplane {
@@ -397,7 +398,7 @@ fn a_full_backend_map_fails_one_apply_and_the_next_one_repairs_it() {
     let web = frontend("192.0.2.81", 80);
     // One more backend than the map holds; draining, so no Maglev table is written for them.
     let room = vipwire_common::l4::BACKENDS_MAX_ENTRIES as usize;
-    let mut too_many = service(&[]);
+    let mut too_many = DesiredService::clone(&service(&[]));
     too_many.backends = (0..=room)
         .map(|n| Backend {
             addr: addrs[n % addrs.len()],
@@ -409,7 +410,7 @@ fn a_full_backend_map_fails_one_apply_and_the_next_one_repairs_it() {
 
     let mut plane = open(&dir);
     let err = plane
-        .apply_l4(&BTreeMap::from([(web, too_many)]))
+        .apply_l4(&BTreeMap::from([(web, Arc::new(too_many))]))
         .expect_err("more backends than the map holds");
     let chain = vipwire::error_chain(&err);
     assert!(chain.contains(maps::BACKENDS), "{chain}");

@@ -21,7 +21,7 @@ use super::{
     paths::PinPaths,
     tc,
 };
-use crate::model::{DesiredService, Frontend};
+use crate::model::{Frontend, Services};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -341,10 +341,7 @@ impl Dataplane {
     /// Writes the L4 delta for `desired` (`None` when L4 is not enabled). The reply program
     /// goes onto new backend devices before the backends are written, so the first reply of
     /// the first flow is already reverse-NATed; devices no backend uses lose it afterwards.
-    pub fn apply_l4(
-        &mut self,
-        desired: &std::collections::BTreeMap<Frontend, DesiredService>,
-    ) -> Result<Option<L4Delta>, LoaderError> {
+    pub fn apply_l4(&mut self, desired: &Services) -> Result<Option<L4Delta>, LoaderError> {
         self.apply_l4_changed(desired, None)
     }
 
@@ -353,7 +350,7 @@ impl Dataplane {
     /// apply the next one re-reads the maps and compares everything anyway.
     pub fn apply_l4_changed(
         &mut self,
-        desired: &std::collections::BTreeMap<Frontend, DesiredService>,
+        desired: &Services,
         changed: Option<&BTreeSet<Frontend>>,
     ) -> Result<Option<L4Delta>, LoaderError> {
         let Some(writer) = self.writer.as_mut() else {

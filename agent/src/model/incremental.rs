@@ -37,7 +37,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::{
     Desired, DesiredService, Frontend, ModelConfig, NodeState, Protocol, TrafficPolicy, Warning,
     endpoints::{self, SERVICE_NAME_LABEL, SliceRef},
-    l2, nodes, services,
+    l2, nodes, services, sorted,
 };
 use crate::snapshot::{ObjectKey, Snapshot};
 
@@ -59,7 +59,7 @@ struct Family {
 /// One frontend a Service asks for, ready to be inserted if it keeps it.
 struct FrontendPart {
     frontend: Frontend,
-    service: DesiredService,
+    service: Arc<DesiredService>,
     /// Raised while resolving its backends; reported only when the Service keeps the frontend.
     warnings: Vec<Warning>,
 }
@@ -119,11 +119,12 @@ pub struct Incremental {
     previous: Arc<Snapshot>,
     /// EndpointSlice → the Service its label names (same namespace).
     slice_owner: HashMap<ObjectKey, ObjectKey>,
-    /// Service → its EndpointSlices, in key order (as [`super::desired`] reads them).
-    slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Service → its EndpointSlices, in key order (as [`super::desired`] reads them); a
+    /// [`sorted`] set.
+    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     parts: HashMap<ObjectKey, Part>,
-    /// VIP → the selected Services that ask for it, in claim order.
-    claimants: BTreeMap<IpAddr, BTreeSet<ClaimOrder>>,
+    /// VIP → the selected Services that ask for it, in claim order; a [`sorted`] set.
+    claimants: BTreeMap<IpAddr, Vec<ClaimOrder>>,
     vip_warnings: HashMap<IpAddr, Vec<Warning>>,
     node_warning: Option<Warning>,
     warning_counts: BTreeMap<Warning, usize>,
@@ -201,7 +202,7 @@ impl Incremental {
             |key, _, new| {
                 if let Some(owner) = self.slice_owner.remove(key) {
                     if let Some(slices) = self.slices_of.get_mut(&owner) {
-                        slices.remove(key);
+                        sorted::remove(slices, key);
                         if slices.is_empty() {
                             self.slices_of.remove(&owner);
                         }
@@ -213,10 +214,8 @@ impl Incremental {
                     Some(ObjectKey::new(key.namespace.clone(), name.clone()))
                 });
                 if let Some(owner) = owner {
-                    self.slices_of
-                        .entry(owner.clone())
-                        .or_default()
-                        .insert(key.clone());
+                    let slices = self.slices_of.entry(owner.clone()).or_default();
+                    sorted::insert(slices, key.clone());
                     self.slice_owner.insert(key.clone(), owner.clone());
                     dirty_services.insert(owner);
                 }
@@ -259,7 +258,7 @@ impl Incremental {
                 for vip in &old.vips {
                     dirty_vips.insert(*vip);
                     if let btree_map::Entry::Occupied(mut entry) = self.claimants.entry(*vip) {
-                        entry.get_mut().remove(&old.order);
+                        sorted::remove(entry.get_mut(), &old.order);
                         if entry.get().is_empty() {
                             entry.remove();
                         }
@@ -269,10 +268,7 @@ impl Incremental {
             if let Some(new) = &part.selected {
                 for vip in &new.vips {
                     dirty_vips.insert(*vip);
-                    self.claimants
-                        .entry(*vip)
-                        .or_default()
-                        .insert(new.order.clone());
+                    sorted::insert(self.claimants.entry(*vip).or_default(), new.order.clone());
                 }
             }
             if part.selected.is_some() || !part.warnings.is_empty() {
@@ -335,7 +331,8 @@ impl Incremental {
                 active_nodes: f.active_nodes.iter().map(|n| (*n).to_owned()).collect(),
             }
         };
-        let mut frontends = Vec::new();
+        // Exactly sized: grown one at a time, a Service's single frontend had room for four.
+        let mut frontends = Vec::with_capacity(selected.vips.len() * selected.ports.len());
         for &vip in &selected.vips {
             for port in &selected.ports {
                 let mut frontend_warnings = Vec::new();
@@ -353,7 +350,7 @@ impl Incremental {
                         port: port.port,
                         protocol: port.protocol,
                     },
-                    service: selected.desired_service(port, vip, backends),
+                    service: Arc::new(selected.desired_service(port, vip, backends)),
                     warnings: frontend_warnings,
                 });
             }
@@ -387,7 +384,7 @@ fn refresh_vip(
     config: &ModelConfig,
     nodes: &NodeView,
     parts: &HashMap<ObjectKey, Part>,
-    claimants: Option<&BTreeSet<ClaimOrder>>,
+    claimants: Option<&Vec<ClaimOrder>>,
     vip_warnings: &mut HashMap<IpAddr, Vec<Warning>>,
     warning_counts: &mut BTreeMap<Warning, usize>,
     desired: &mut Desired,

@@ -33,6 +33,7 @@ mod incremental;
 pub mod l2;
 mod nodes;
 mod services;
+mod sorted;
 mod warning;
 
 #[cfg(test)]
@@ -42,12 +43,16 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
 
 use ipnet::IpNet;
 
-pub use self::{incremental::Incremental, nodes::NodeState, warning::Warning};
+pub use self::{
+    incremental::Incremental, nodes::NodeState, services::SOURCE_RANGES_ANNOTATION,
+    warning::Warning,
+};
 use crate::{
     config::Config,
     snapshot::{ObjectKey, Snapshot},
@@ -196,6 +201,11 @@ impl DesiredService {
     }
 }
 
+/// Every steered frontend's desired state. Shared (`Arc`): [`Incremental`] keeps each
+/// Service's frontends to re-resolve conflicts, and the same values are the desired state;
+/// copies would hold every frontend (and its backends) twice.
+pub type Services = BTreeMap<Frontend, Arc<DesiredService>>;
+
 /// Everything this node should be doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -205,7 +215,7 @@ pub struct Desired {
     pub l2: BTreeSet<IpAddr>,
     /// VIPs this node announces over BGP, each as a /32 or /128.
     pub bgp: BTreeSet<IpAddr>,
-    pub services: BTreeMap<Frontend, DesiredService>,
+    pub services: Services,
     /// Sorted and without duplicates, so two equal inputs give equal outputs.
     pub warnings: Vec<Warning>,
 }
@@ -240,7 +250,7 @@ pub fn desired(node: &str, snapshot: &Snapshot, config: &ModelConfig) -> Desired
                 };
                 if let Some(kept) = frontends
                     .get(&frontend)
-                    .map(|s: &DesiredService| &s.service)
+                    .map(|s: &Arc<DesiredService>| &s.service)
                 {
                     warnings.push(Warning::FrontendConflict {
                         frontend,
@@ -257,7 +267,8 @@ pub fn desired(node: &str, snapshot: &Snapshot, config: &ModelConfig) -> Desired
                     node,
                     &mut warnings,
                 );
-                frontends.insert(frontend, service.desired_service(port, vip, backends));
+                let service = service.desired_service(port, vip, backends);
+                frontends.insert(frontend, Arc::new(service));
                 claimed = true;
             }
             if claimed {

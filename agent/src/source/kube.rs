@@ -12,7 +12,7 @@ use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, Service, ServiceSpec},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -160,7 +160,7 @@ pub fn spawn_kube_source(client: Client) -> KubeSource {
             Api::all(client.clone()),
             services_w,
             tx.clone(),
-            (Kind::Service, trim),
+            (Kind::Service, trim_service),
         )),
         tokio::spawn(reflect(
             Api::all(client.clone()),
@@ -330,6 +330,38 @@ fn trim_slice(slice: &mut EndpointSlice) {
         endpoint.hostname = None;
         endpoint.zone = None;
         endpoint.addresses.shrink_to_fit();
+    }
+}
+
+/// [`trim`], plus what the model never reads of a Service: its labels, its annotations but the
+/// source-ranges one, and its spec but the fields listed here. The selector alone is a map
+/// node with room for eleven labels (5 MiB at 10,000 Services); cluster IPs and IP families
+/// are four more strings per Service.
+fn trim_service(service: &mut Service) {
+    trim(service);
+    service.metadata.labels = None;
+    if let Some(annotations) = service.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == crate::model::SOURCE_RANGES_ANNOTATION);
+    }
+    if service
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.is_empty())
+    {
+        service.metadata.annotations = None;
+    }
+    if let Some(spec) = service.spec.take() {
+        service.spec = Some(ServiceSpec {
+            type_: spec.type_,
+            load_balancer_class: spec.load_balancer_class,
+            ports: spec.ports,
+            external_traffic_policy: spec.external_traffic_policy,
+            session_affinity: spec.session_affinity,
+            session_affinity_config: spec.session_affinity_config,
+            load_balancer_source_ranges: spec.load_balancer_source_ranges,
+            ..ServiceSpec::default()
+        });
     }
 }
 
@@ -513,5 +545,46 @@ mod tests {
             && e.node_name.is_some()
             && e.target_ref.is_none()
             && e.zone.is_none()));
+    }
+
+    #[test]
+    fn trimmed_services_keep_the_source_ranges_annotation_and_no_selector() {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web",
+                "labels": {"app": "web"},
+                "annotations": {
+                    "example.com/owner": "team",
+                    crate::model::SOURCE_RANGES_ANNOTATION: "10.0.0.0/8",
+                },
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": {"app": "web"},
+                "clusterIPs": ["10.96.0.10"],
+                "ports": [{"port": 80}],
+                "externalTrafficPolicy": "Local",
+            },
+        }))
+        .unwrap();
+        trim_service(&mut service);
+        assert_eq!(service.metadata.labels, None);
+        let annotations = service.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [crate::model::SOURCE_RANGES_ANNOTATION]
+        );
+        let spec = service.spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.type_.as_deref(), &spec.selector),
+            (Some("LoadBalancer"), &None)
+        );
+        assert_eq!(spec.cluster_ips, None);
+        assert_eq!(spec.ports.as_ref().map(|p| p[0].port), Some(80));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+
+        service.metadata.annotations = Some([("a".to_owned(), "b".to_owned())].into());
+        trim_service(&mut service);
+        assert_eq!(service.metadata.annotations, None);
     }
 }

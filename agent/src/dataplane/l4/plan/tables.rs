@@ -12,7 +12,7 @@ use crate::{
         l4::mirror::{MaglevInput, Op, fingerprint},
         maglev,
     },
-    model::{BackendState, DesiredService, Frontend},
+    model::{Backend, BackendState, DesiredService, Frontend},
 };
 
 impl Planner {
@@ -25,15 +25,14 @@ impl Planner {
         id: u32,
         service: &DesiredService,
     ) {
-        let active: Vec<(SocketAddr, u32)> = service
-            .backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active)
-            .filter_map(|b| {
-                let key = SocketAddr::new(b.addr, b.port);
-                self.by_key.get(&key).map(|&id| (key, id))
-            })
-            .collect();
+        let is_active = |b: &&Backend| b.state == BackendState::Active;
+        // Sized up front (collected from a filter, 10 backends got room for 16): a first plan
+        // holds the inputs of every frontend until their chunks are written.
+        let mut active = Vec::with_capacity(service.backends.iter().filter(is_active).count());
+        active.extend(service.backends.iter().filter(is_active).filter_map(|b| {
+            let key = SocketAddr::new(b.addr, b.port);
+            self.by_key.get(&key).map(|&id| (key, id))
+        }));
         let size = if active.is_empty() {
             0
         } else {

@@ -16,7 +16,7 @@ use super::super::{
 };
 use crate::{
     dataplane::route::Delivery,
-    model::{DesiredService, Frontend},
+    model::{Frontend, Services},
 };
 
 /// What the maps hold.
@@ -156,16 +156,12 @@ impl Fake {
     }
 
     /// Plans comparing every frontend, executes, returns the operations.
-    pub fn apply(&mut self, desired: &BTreeMap<Frontend, DesiredService>) -> Vec<Op> {
+    pub fn apply(&mut self, desired: &Services) -> Vec<Op> {
         let plan = self.plan(desired, None);
         self.execute(plan, usize::MAX).expect("not cut short")
     }
 
-    pub fn plan(
-        &mut self,
-        desired: &BTreeMap<Frontend, DesiredService>,
-        changed: Option<&BTreeSet<Frontend>>,
-    ) -> Plan {
+    pub fn plan(&mut self, desired: &Services, changed: Option<&BTreeSet<Frontend>>) -> Plan {
         self.planner
             .plan(desired, changed, &mut resolve)
             .expect("ids left")

@@ -3,7 +3,7 @@
 mod fake;
 mod random;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use vipwire_common::l4::{
     BACKEND_ACTIVE, BACKEND_VETH_PEER, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
@@ -32,8 +32,8 @@ fn backend(addr: &str, state: BackendState) -> Backend {
     }
 }
 
-fn service(backends: Vec<Backend>) -> DesiredService {
-    DesiredService {
+fn service(backends: Vec<Backend>) -> Arc<DesiredService> {
+    Arc::new(DesiredService {
         service: ObjectKey::new("default", "web"),
         port_name: None,
         target_port: TargetPort::Number(8080),
@@ -41,7 +41,7 @@ fn service(backends: Vec<Backend>) -> DesiredService {
         session_affinity: None,
         source_ranges: None,
         backends,
-    }
+    })
 }
 
 fn active(addrs: &[&str]) -> Vec<Backend> {
@@ -98,7 +98,8 @@ fn removing_a_service_deletes_service_then_chunks_then_backends() {
     let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let mut desired = BTreeMap::from([(f, service(active(&["10.0.0.2"])))]);
-    desired.get_mut(&f).unwrap().source_ranges = Some(vec!["10.1.0.0/16".parse().unwrap()]);
+    Arc::make_mut(desired.get_mut(&f).unwrap()).source_ranges =
+        Some(vec!["10.1.0.0/16".parse().unwrap()]);
     planner.apply(&desired);
     let ops = planner.apply(&BTreeMap::new());
     let svc = position(&ops, |op| matches!(op, Op::DelService { .. }));
@@ -187,8 +188,8 @@ fn source_ranges_and_affinity_set_their_flags_and_fail_closed_when_empty() {
     let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let mut svc = service(active(&["10.0.0.2"]));
-    svc.session_affinity = Some(Duration::from_secs(10800));
-    svc.source_ranges = Some(vec![
+    Arc::make_mut(&mut svc).session_affinity = Some(Duration::from_secs(10800));
+    Arc::make_mut(&mut svc).source_ranges = Some(vec![
         "10.1.2.3/16".parse().unwrap(),
         "fd00::/8".parse().unwrap(),
     ]);
@@ -204,7 +205,7 @@ fn source_ranges_and_affinity_set_their_flags_and_fail_closed_when_empty() {
         .map(|(_, r)| r.to_string())
         .collect();
     assert_eq!(ranges, ["10.1.0.0/16"]);
-    svc.source_ranges = Some(Vec::new());
+    Arc::make_mut(&mut svc).source_ranges = Some(Vec::new());
     planner.apply(&BTreeMap::from([(f, svc)]));
     assert!(planner.mirror().ranges.is_empty());
     assert_eq!(
@@ -248,7 +249,8 @@ fn a_removal_cut_short_after_the_service_entry_leaves_no_orphans() {
     let mut planner = Fake::new(251, Mirror::default());
     let f = frontend("192.0.2.1", 80);
     let mut desired = BTreeMap::from([(f, service(active(&["10.0.0.2"])))]);
-    desired.get_mut(&f).unwrap().source_ranges = Some(vec!["10.1.0.0/16".parse().unwrap()]);
+    Arc::make_mut(desired.get_mut(&f).unwrap()).source_ranges =
+        Some(vec!["10.1.0.0/16".parse().unwrap()]);
     planner.apply(&desired);
     // The service entry goes (its id is free again), then the next write fails: its chunks
     // and ranges stay behind, owned by nothing.

@@ -3,14 +3,14 @@
 //! the maps in between), after every step a planner restarted over the same maps finds
 //! nothing to do, and the planner's mirror, devices and steering view match the maps.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use super::fake::{Fake, Maps};
 use crate::{
-    model::{Backend, BackendState, DesiredService, Frontend, Protocol, TargetPort, TrafficPolicy},
+    model::{
+        Backend, BackendState, DesiredService, Frontend, Protocol, Services, TargetPort,
+        TrafficPolicy,
+    },
     snapshot::ObjectKey,
     test_rng::Rng,
 };
@@ -31,7 +31,7 @@ fn random_frontend(rng: &mut Rng) -> Frontend {
     }
 }
 
-fn random_service(rng: &mut Rng) -> DesiredService {
+fn random_service(rng: &mut Rng) -> Arc<DesiredService> {
     // Up to 16 backends: tables of 251 and of 2039 slots (two chunks).
     let mut backends: Vec<Backend> = (0..rng.below(17))
         .map(|_| Backend {
@@ -47,7 +47,7 @@ fn random_service(rng: &mut Rng) -> DesiredService {
     // As the model gives them: sorted, one per (address, port).
     backends.sort_by_key(|b| (b.addr, b.port));
     backends.dedup_by_key(|b| (b.addr, b.port));
-    DesiredService {
+    Arc::new(DesiredService {
         service: ObjectKey::new("default", "web"),
         port_name: None,
         target_port: TargetPort::Number(8080),
@@ -59,12 +59,12 @@ fn random_service(rng: &mut Rng) -> DesiredService {
                 .collect()
         }),
         backends,
-    }
+    })
 }
 
 /// Whether the step wrote what it should have, as far as the maps show, and whether the
 /// steering view kept across plans is the one built from scratch.
-fn check(fake: &mut Fake, desired: &BTreeMap<Frontend, DesiredService>, what: &str) {
+fn check(fake: &mut Fake, desired: &Services, what: &str) {
     let kept = fake.planner.view();
     assert_eq!(kept, fake.planner.fresh_view(), "{what}: steering view");
     let read = fake.maps.read();
@@ -93,7 +93,7 @@ fn check(fake: &mut Fake, desired: &BTreeMap<Frontend, DesiredService>, what: &s
 fn run(seed: u64, steps: usize, seen: &mut [usize; 4]) {
     let mut rng = Rng(seed);
     let mut fake = Fake::new(SIZE, Maps::default().read());
-    let mut desired: BTreeMap<Frontend, DesiredService> = BTreeMap::new();
+    let mut desired = Services::new();
     // After a failed apply the loader re-reads the maps before the next plan.
     let mut stale = false;
     for step in 0..steps {
