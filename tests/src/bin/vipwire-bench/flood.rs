@@ -225,27 +225,13 @@ struct BenchPrograms {
 
 impl BenchPrograms {
     fn load() -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .load(vipwire::dataplane::bpf_object())
-            .expect("loading the embedded BPF object");
-        for name in [XDP_GEN, XDP_SINK] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .unwrap_or_else(|| panic!("the object has {name}"))
-                .try_into()
-                .unwrap_or_else(|e| panic!("{name} is XDP: {e}"));
-            program
-                .load()
-                .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
+        Self {
+            ebpf: livegen::load_programs(&mut EbpfLoader::new(), &[XDP_GEN, XDP_SINK]),
         }
-        Self { ebpf }
     }
 
     fn program(&self, name: &str) -> &Xdp {
-        self.ebpf
-            .program(name)
-            .and_then(|p| p.try_into().ok())
-            .unwrap_or_else(|| panic!("{name} is loaded"))
+        livegen::program(&self.ebpf, name)
     }
 
     /// Attaches the sink to `ifname` in `ns`, natively (a veth accepts XDP_TX frames from its

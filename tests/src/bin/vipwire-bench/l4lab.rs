@@ -308,18 +308,10 @@ impl Generator {
             // The program stores each word as it is in memory.
             u64::from_ne_bytes(word)
         });
-        let mut ebpf = EbpfLoader::new()
-            .override_global(FLOOD_HEADERS_GLOBAL, &headers, true)
-            .load(vipwire::dataplane::bpf_object())
-            .expect("loading the embedded BPF object");
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_GEN_HEADERS)
-            .unwrap_or_else(|| panic!("the object has {XDP_GEN_HEADERS}"))
-            .try_into()
-            .unwrap_or_else(|e| panic!("{XDP_GEN_HEADERS} is XDP: {e}"));
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("the verifier accepts {XDP_GEN_HEADERS}: {e:?}"));
+        let ebpf = livegen::load_programs(
+            EbpfLoader::new().override_global(FLOOD_HEADERS_GLOBAL, &headers, true),
+            &[XDP_GEN_HEADERS],
+        );
         Self {
             ebpf,
             frame: frame.to_vec(),
@@ -327,10 +319,7 @@ impl Generator {
     }
 
     fn program(&self) -> &Xdp {
-        self.ebpf
-            .program(XDP_GEN_HEADERS)
-            .and_then(|p| p.try_into().ok())
-            .expect("the generator is loaded")
+        livegen::program(&self.ebpf, XDP_GEN_HEADERS)
     }
 }
 

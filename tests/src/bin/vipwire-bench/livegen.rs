@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+};
 use testkit::Netns;
 
 /// Frames per BPF_PROG_RUN call of the generator, and frames per live-frame batch (after each
@@ -105,6 +108,32 @@ pub fn flood<T>(
         );
         measured
     })
+}
+
+/// The embedded BPF object as `loader` loads it (with its own, unused copies of the contract
+/// maps), with the XDP programs `names` loaded into the kernel.
+pub fn load_programs(loader: &mut EbpfLoader<'_>, names: &[&str]) -> Ebpf {
+    let mut ebpf = loader
+        .load(vipwire::dataplane::bpf_object())
+        .expect("loading the embedded BPF object");
+    for name in names {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("the object has {name}"))
+            .try_into()
+            .unwrap_or_else(|e| panic!("{name} is XDP: {e}"));
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
+    }
+    ebpf
+}
+
+/// A loaded XDP program of `ebpf`.
+pub fn program<'a>(ebpf: &'a Ebpf, name: &str) -> &'a Xdp {
+    ebpf.program(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("{name} is loaded"))
 }
 
 /// Runs `f` in a scoped thread that has joined `ns`'s network namespace, where BPF_PROG_RUN and
