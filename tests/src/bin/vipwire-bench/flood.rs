@@ -14,14 +14,14 @@
 //! while it passes the lab's own ARP probes. Replies are the client's eth0 rx packets (veth
 //! counts frames its XDP program dropped) over a window inside the flood.
 //!
-//! The kernel runs the NAPI polls the live frames schedule on the generator's CPU: the node's
-//! (XDP, and in arm B the stack's ARP code and the reply's transmit) and the client's. So most
-//! of a reply's cost lands in the generator thread or its CPU's ksoftirqd, and replies per
-//! CPU-second of those two is reported beside replies/s, which also depends on how much of a
-//! CPU other work on the machine leaves. Not all of it: a NAPI poll that is busy stays on the CPU where it was
-//! scheduled, which may be the other one, so the machine-wide softirq and system time per
-//! reply (which hold everything, plus other work on the machine) are reported too. The issue's
-//! target (5x) is on replies/s; the CPU figures explain it and carry none.
+//! The kernel runs the NAPI polls the live frames schedule on the generator's CPU: the node's (XDP,
+//! and in arm B the stack's ARP code and the reply's transmit) and the client's. So most of a
+//! reply's cost lands in the generator thread or its CPU's ksoftirqd, and replies per CPU-second of
+//! those two is reported beside replies/s, which also depends on how much of a CPU other work on
+//! the machine leaves. Not all of it: a NAPI poll that is busy stays on the CPU where it was
+//! scheduled, which may be the other one, so the machine-wide softirq and system time per reply
+//! (which hold everything, plus other work on the machine) are reported too. The target
+//! (5x) is on replies/s; the CPU figures explain it and carry none.
 
 use std::{
     net::Ipv4Addr,
