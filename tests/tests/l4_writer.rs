@@ -283,11 +283,8 @@ fn run_xdp(plane: &mut Dataplane, frame: &[u8]) -> (u32, u32, Vec<u8>) {
         .unwrap()
         .try_into()
         .unwrap();
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex (lo), rx_queue, egress.
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, 1, 0, 0]
-        .iter()
-        .flat_map(|f: &u32| f.to_ne_bytes())
-        .collect();
+    // Ingress on lo (ifindex 1).
+    let ctx = testkit::bpf::xdp_md(frame.len(), 1);
     let mut out = vec![0u8; frame.len() + 256];
     let result = program
         .test_run(TestRunOptions {
@@ -301,7 +298,8 @@ fn run_xdp(plane: &mut Dataplane, frame: &[u8]) -> (u32, u32, Vec<u8>) {
     let magic = u32::from_ne_bytes(out[..4].try_into().unwrap());
     if magic == vipwire_common::l4::XDP_META_MAGIC {
         let backend = u32::from_ne_bytes(out[4..8].try_into().unwrap());
-        (result.return_value, backend, out[8..].to_vec())
+        let meta_len = size_of::<vipwire_common::l4::XdpMeta>();
+        (result.return_value, backend, out[meta_len..].to_vec())
     } else {
         (result.return_value, 0, out)
     }
