@@ -154,15 +154,7 @@ impl XdpHarness {
     /// Loads another XDP program of the object (the benchmark's lab programs), sharing the
     /// object's maps, for [`Self::run_program`].
     pub fn load_program(&mut self, name: &str) {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("the object has {name}"))
-            .try_into()
-            .unwrap_or_else(|e| panic!("{name} is XDP: {e}"));
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
+        load_xdp(&mut self.ebpf, name);
     }
 
     /// [`Self::run`] for a program loaded with [`Self::load_program`].
@@ -372,6 +364,18 @@ pub fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .iter()
         .flat_map(|field: &u32| field.to_ne_bytes())
         .collect()
+}
+
+/// Loads the XDP program `name` of `ebpf` into the kernel (panics naming what failed).
+pub fn load_xdp(ebpf: &mut Ebpf, name: &str) {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("the object has {name}"))
+        .try_into()
+        .unwrap_or_else(|e| panic!("{name} is XDP: {e}"));
+    program
+        .load()
+        .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

@@ -35,7 +35,7 @@ use testkit::{
 };
 use vipwire_common::programs;
 
-use crate::flood;
+use crate::{flood, livegen};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -66,11 +66,7 @@ pub fn measure() -> Report {
     }
     if run("l4cost") {
         let empty = load_pass_all();
-        let empty: &Xdp = empty
-            .program(programs::XDP_PASS_ALL)
-            .expect("the object has the pass-all program")
-            .try_into()
-            .expect("XDP");
+        let empty = livegen::program(&empty, programs::XDP_PASS_ALL);
         crate::l4cost::measure(&mut report, empty);
     }
     if run("flood") {
@@ -95,11 +91,7 @@ fn prog_run(report: &mut Report) {
     harness.set_iface(LO_IFINDEX, NODE_MAC);
     harness.add_vip4(VIP, LO_IFINDEX);
     let empty = load_pass_all();
-    let empty: &Xdp = empty
-        .program(programs::XDP_PASS_ALL)
-        .expect("the object has the pass-all program")
-        .try_into()
-        .expect("XDP");
+    let empty = livegen::program(&empty, programs::XDP_PASS_ALL);
 
     let tcp = packets::ipv4_tcp((CLIENT_MAC, NODE_MAC), (CLIENT, NODE), (40000, 80), &[]);
     let request = Arp::request(CLIENT_MAC, CLIENT, VIP);
@@ -205,18 +197,7 @@ fn prog_run(report: &mut Report) {
 
 /// The embedded object with only the pass-all program loaded (its own, unused maps).
 fn load_pass_all() -> Ebpf {
-    let mut ebpf = EbpfLoader::new()
-        .load(vipwire::dataplane::bpf_object())
-        .expect("loading the embedded BPF object");
-    let program: &mut Xdp = ebpf
-        .program_mut(programs::XDP_PASS_ALL)
-        .expect("the object has the pass-all program")
-        .try_into()
-        .expect("the pass-all program is XDP");
-    program
-        .load()
-        .expect("the verifier accepts the pass-all program");
-    ebpf
+    livegen::load_programs(&mut EbpfLoader::new(), &[programs::XDP_PASS_ALL])
 }
 
 /// Time of one syscall of `REPEAT` runs over `REPEAT` (see the module docs); the verdict of

@@ -117,14 +117,7 @@ pub fn load_programs(loader: &mut EbpfLoader<'_>, names: &[&str]) -> Ebpf {
         .load(vipwire::dataplane::bpf_object())
         .expect("loading the embedded BPF object");
     for name in names {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("the object has {name}"))
-            .try_into()
-            .unwrap_or_else(|e| panic!("{name} is XDP: {e}"));
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e:?}"));
+        testkit::bpf::load_xdp(&mut ebpf, name);
     }
     ebpf
 }
