@@ -509,9 +509,11 @@ fn hub_sees_a_prefix_from_two_spokes(hub_kind: PeerKind, tag: &str) {
 /// Waits for both paths at the hub.
 fn both_paths(hub: &Peer, prefix: &str) -> Vec<testkit::peer::RibRoute> {
     hub.wait_route(prefix, ROUTE);
-    wait_for("two paths", ROUTE, || {
+    // Settled: the daemon runs best-path selection after the second path arrives (FRR queues
+    // it), so for a moment both paths can be listed and neither marked best.
+    wait_for("two paths, one of them best", ROUTE, || {
         let paths = hub.routes(prefix);
-        (paths.len() == 2).then_some(paths)
+        (paths.len() == 2 && paths.iter().any(|p| p.best)).then_some(paths)
     })
 }
 
