@@ -115,7 +115,7 @@ fn frr_and_bird_exchange_routes_over_ebgp() {
         (None, 0, Some(70))
     );
     assert_eq!(bird.rib().len(), 2, "{:#?}", bird.rib());
-    assert_eq!(frr.route("203.0.113.99/32"), None);
+    assert_eq!(frr.routes("203.0.113.99/32"), []);
 
     // Both install what they learned into their namespace's FIB.
     let fib = bird_ns.ip(&["route", "show", "203.0.113.1/32"]);
@@ -426,7 +426,7 @@ fn ipv6_unicast_between_frr_bird_and_gobgp() {
     );
     let via_frr = gobgp.wait_route("fd00:ffff::2/128", ROUTE);
     assert_eq!(via_frr.as_path, [65001, 65002]);
-    assert!(gobgp.route("203.0.113.1/32").is_none());
+    assert!(gobgp.routes("203.0.113.1/32").is_empty());
 }
 
 /// A hub (a ToR) whose two spokes announce the same /32: the hub's RIB holds both paths, one

@@ -364,12 +364,13 @@ impl Peer {
         routes
     }
 
-    /// The best path to exactly `prefix`, if the peer has one.
+    /// The best path to exactly `prefix`, if the peer has selected one. A path the daemon has
+    /// received but not yet run best-path selection on (FRR queues it) is not returned.
     pub fn route(&self, prefix: impl Into<Prefix>) -> Option<RibRoute> {
-        self.routes(prefix).into_iter().next()
+        self.routes(prefix).into_iter().find(|r| r.best)
     }
 
-    /// Waits for a path to `prefix`; returns the best one.
+    /// Waits for the peer to select a path to `prefix`; returns it.
     ///
     /// # Panics
     /// After `timeout`, with the RIB and the daemon's log.
