@@ -30,10 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode},
-};
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use testkit::{
     NetLab, Netns,
     agent::BpffsDir,
@@ -234,18 +231,9 @@ impl BenchPrograms {
         livegen::program(&self.ebpf, name)
     }
 
-    /// Attaches the sink to `ifname` in `ns`, natively (a veth accepts XDP_TX frames from its
-    /// peer only if it has an XDP program of its own: TOOLCHAIN.md).
+    /// Attaches the sink to `ifname` in `ns`.
     fn attach_sink(&mut self, ns: &Netns, ifname: &str) {
-        let sink: &mut Xdp = self
-            .ebpf
-            .program_mut(XDP_SINK)
-            .and_then(|p| p.try_into().ok())
-            .expect("the sink is loaded");
-        livegen::in_netns_scoped(ns, || {
-            sink.attach(ifname, XdpMode::Driver)
-                .unwrap_or_else(|e| panic!("attaching {XDP_SINK} to {ifname}: {e:?}"));
-        });
+        livegen::attach_native(&mut self.ebpf, XDP_SINK, ns, ifname);
     }
 }
 

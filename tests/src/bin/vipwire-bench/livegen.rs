@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use testkit::Netns;
 
@@ -127,6 +127,21 @@ pub fn program<'a>(ebpf: &'a Ebpf, name: &str) -> &'a Xdp {
     ebpf.program(name)
         .and_then(|p| p.try_into().ok())
         .unwrap_or_else(|| panic!("{name} is loaded"))
+}
+
+/// Attaches the loaded XDP program `name` of `ebpf` to `ifname` in `ns`, natively (a veth
+/// takes XDP_TX or redirected frames from its peer only if it has an XDP program of its own:
+/// TOOLCHAIN.md). It stays attached until `ebpf` is dropped.
+pub fn attach_native(ebpf: &mut Ebpf, name: &str, ns: &Netns, ifname: &str) {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("{name} is loaded"));
+    in_netns_scoped(ns, || {
+        program
+            .attach(ifname, XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attaching {name} to {ifname}: {e:?}"));
+    });
 }
 
 /// Runs `f` in a scoped thread that has joined `ns`'s network namespace, where BPF_PROG_RUN and
