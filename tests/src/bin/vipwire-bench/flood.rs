@@ -1,10 +1,11 @@
 //! ARP replies/s under an ARP request flood: vipwire answering from XDP vs the kernel answering
 //! for the same IP bound to the node interface, in one lab and one run.
 //!
-//! client (eth0 10.0.0.1) ── node (eth0 10.0.0.2). The node's eth0 carries vipwire's XDP
-//! program in BOTH arms (the same agent keeps running): arm A the VIP is in the manifests and
-//! XDP answers with XDP_TX; arm B the VIP is removed from the manifests (XDP passes the
-//! request) and bound to node eth0, so the kernel answers.
+//! client (eth0 10.0.0.1) ── node (eth0 10.0.0.2). Arm A: the agent runs, the VIP is in its
+//! manifests and its XDP program answers with XDP_TX. Arm B: the agent stopped (its program
+//! detached), the empty XDP program `vipwire_xdp_pass` on node eth0 instead (a veth takes the
+//! generator's frames only with an XDP program; nothing more than that is charged to the
+//! kernel), and the VIP bound to node eth0, so the kernel answers.
 //!
 //! The generator must cost far less per frame than either responder, or it is the generator
 //! that is measured: the client floods with `vipwire_xdp_gen` through [`livegen`]. The frames
@@ -45,9 +46,11 @@ use crate::livegen::{self, Sender};
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NODE_NAME: &str = "node-a";
-/// The flood generator and the client's sink (ebpf/programs/src/main.rs).
+/// The flood generator, the client's sink and the kernel arm's empty program
+/// (ebpf/programs/src/main.rs).
 const XDP_GEN: &str = "vipwire_xdp_gen";
 const XDP_SINK: &str = "vipwire_xdp_sink";
+const XDP_PASS_ALL: &str = vipwire_common::programs::XDP_PASS_ALL;
 /// The generator stops after this long (checked between calls: the last one may run a few
 /// seconds past the window).
 const FLOOD_FOR: Duration = Duration::from_secs(4);
@@ -84,7 +87,7 @@ pub fn measure(report: &mut Report) {
     client.addr("eth0", "10.0.0.1/24");
     node.addr("eth0", "10.0.0.2/24");
     let mut bench_progs = BenchPrograms::load();
-    bench_progs.attach_sink(&client, "eth0");
+    bench_progs.attach(XDP_SINK, &client, "eth0");
 
     let manifests = lab.path("manifests");
     std::fs::create_dir(&manifests).expect("creating the manifests dir");
@@ -93,46 +96,51 @@ pub fn measure(report: &mut Report) {
         testkit::agent::ready_node_manifest(NODE_NAME),
     )
     .expect("writing node.yaml");
-    let service = manifests.join("web.yaml");
-    std::fs::write(&service, service_manifest()).expect("writing web.yaml");
+    std::fs::write(manifests.join("web.yaml"), service_manifest()).expect("writing web.yaml");
     let probe = packets::padded(&Arp::probe(client.mac("eth0"), VIP).build());
 
     let bpffs = BpffsDir::new("bench-flood");
     let mut agent = spawn_agent(&lab, &node, &manifests, &bpffs);
     let prober = ArpProber::open(&client, "eth0", CLIENT);
     let node_mac = node.mac("eth0");
-    let answered = |agent: &mut Daemon, what: &str| {
-        let mac = poll_until(Duration::from_secs(20), || {
-            agent.assert_running();
-            prober.probe(VIP, Duration::from_millis(200))
-        });
-        assert_eq!(
-            mac,
-            Some(node_mac),
-            "{what} did not answer ARP for {VIP}; agent log:\n{}",
-            agent.log_tail()
-        );
-    };
 
     // Arm A: vipwire answers from XDP.
-    answered(&mut agent, "vipwire");
+    let mac = poll_until(Duration::from_secs(20), || {
+        agent.assert_running();
+        prober.probe(VIP, Duration::from_millis(200))
+    });
+    assert_eq!(
+        mac,
+        Some(node_mac),
+        "vipwire did not answer ARP for {VIP}; agent log:\n{}",
+        agent.log_tail()
+    );
     let xdp = flood(&bench_progs, &client, &node, &probe, "xdp");
-    agent.assert_running();
 
-    // Arm B: same attachment, VIP no longer vipwire's, bound to the interface instead.
-    std::fs::remove_file(&service).expect("removing web.yaml");
+    // Arm B: the kernel, behind the empty XDP program.
+    agent.assert_running();
+    agent.stop(Duration::from_secs(5));
     let released = poll_until(Duration::from_secs(10), || {
         prober
             .probe(VIP, Duration::from_millis(200))
             .is_none()
             .then_some(())
     });
-    assert!(released.is_some(), "vipwire kept answering for {VIP}");
+    assert!(
+        released.is_some(),
+        "{VIP} was still answered after vipwire stopped"
+    );
+    bench_progs.attach(XDP_PASS_ALL, &node, "eth0");
     node.addr("eth0", &format!("{VIP}/32"));
-    answered(&mut agent, "the kernel");
+    let mac = poll_until(Duration::from_secs(20), || {
+        prober.probe(VIP, Duration::from_millis(200))
+    });
+    assert_eq!(
+        mac,
+        Some(node_mac),
+        "the kernel did not answer ARP for {VIP}"
+    );
     let kernel = flood(&bench_progs, &client, &node, &probe, "kernel");
-    agent.assert_running();
-    agent.stop(Duration::from_secs(5));
 
     println!(
         "arp flood: vipwire xdp {:.0} replies/s of {:.0} requests/s; kernel {:.0} of {:.0}",
@@ -214,8 +222,8 @@ pub fn measure(report: &mut Report) {
     ));
 }
 
-/// The generator and the sink, loaded from the embedded object (with their own, unused copies
-/// of the contract maps); the sink stays attached until this is dropped.
+/// The generator, the sink and the empty program, loaded from the embedded object (with their
+/// own, unused copies of the contract maps); attached programs stay so until this is dropped.
 struct BenchPrograms {
     ebpf: Ebpf,
 }
@@ -223,7 +231,10 @@ struct BenchPrograms {
 impl BenchPrograms {
     fn load() -> Self {
         Self {
-            ebpf: livegen::load_programs(&mut EbpfLoader::new(), &[XDP_GEN, XDP_SINK]),
+            ebpf: livegen::load_programs(
+                &mut EbpfLoader::new(),
+                &[XDP_GEN, XDP_SINK, XDP_PASS_ALL],
+            ),
         }
     }
 
@@ -231,9 +242,9 @@ impl BenchPrograms {
         livegen::program(&self.ebpf, name)
     }
 
-    /// Attaches the sink to `ifname` in `ns`.
-    fn attach_sink(&mut self, ns: &Netns, ifname: &str) {
-        livegen::attach_native(&mut self.ebpf, XDP_SINK, ns, ifname);
+    /// Attaches the loaded program `name` to `ifname` in `ns`.
+    fn attach(&mut self, name: &str, ns: &Netns, ifname: &str) {
+        livegen::attach_native(&mut self.ebpf, name, ns, ifname);
     }
 }
 
