@@ -350,6 +350,40 @@ fn cleanup_on_exit_detaches_and_unpins() {
     assert_eq!(prober.probe(VIP, Duration::from_millis(300)), None);
 }
 
+/// `ip netns exec` gives the agent a /sys of its own, with nothing mounted on /sys/fs/bpf (as
+/// on a host that does not mount bpffs at boot): with the default `--bpffs-dir` the agent
+/// mounts bpffs on /sys/fs/bpf and runs. Its pins live in that private mount namespace and go
+/// with it.
+#[test]
+fn mounts_bpffs_on_sys_fs_bpf_when_nothing_is_mounted_there() {
+    let lab = lab("mount");
+    let log = lab.lab.path("agent.log");
+    let mut command = lab.node.command(agent::binary());
+    command
+        .args(["run", "--manifests", lab.manifests.to_str().unwrap()])
+        .args([
+            "--node-name",
+            NODE,
+            "--interface",
+            "eth0",
+            "--cleanup-on-exit",
+        ])
+        .env("RUST_LOG", "info");
+    let mut agent = Daemon::spawn("vipwire under ip netns exec", command, &log);
+    let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
+    lab.wait_answering(&prober, &mut agent);
+    let text = std::fs::read_to_string(&log).expect("reading the agent log");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("mounted bpffs") && l.contains("dir=/sys/fs/bpf")),
+        "the agent mounted bpffs on /sys/fs/bpf; its log:\n{text}"
+    );
+    let status = agent
+        .stop(Duration::from_secs(5))
+        .expect("agent exit status");
+    assert!(status.success(), "clean exit: {status}");
+}
+
 #[test]
 fn bad_input_exits_2_and_attaches_nothing() {
     let lab = lab("badinput");

@@ -61,16 +61,30 @@ impl PinPaths {
         self.links_dir().join(format!("{TC_REPLY_PREFIX}{ifindex}"))
     }
 
-    /// Makes sure the directory exists on a bpffs: when no ancestor is one, mounts a bpffs on
-    /// the directory itself (bpffs is not mounted at boot on every distribution, and `ip netns
-    /// exec` hides the host's).
+    /// Makes sure the directory exists on a bpffs: when no ancestor is one, mounts a bpffs
+    /// where [`bpffs_mount_point`] says (bpffs is not mounted at boot on every distribution,
+    /// and `ip netns exec` hides the host's).
     pub fn ensure(&self) -> io::Result<()> {
         if !on_bpffs(&self.dir)? {
-            std::fs::create_dir_all(&self.dir)?;
-            mount_bpffs(&self.dir)?;
-            tracing::info!(dir = %self.dir.display(), "mounted bpffs");
+            let mount_point = bpffs_mount_point(&self.dir);
+            std::fs::create_dir_all(mount_point)?;
+            mount_bpffs(mount_point)?;
+            tracing::info!(dir = %mount_point.display(), "mounted bpffs");
         }
         std::fs::create_dir_all(self.links_dir())
+    }
+}
+
+/// Where bpffs is mounted by convention.
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
+
+/// Where to mount a bpffs for `dir`: /sys/fs/bpf itself when `dir` lies under it (that is
+/// where everyone expects it, and sysfs refuses to create `dir` before the mount), else `dir`.
+fn bpffs_mount_point(dir: &Path) -> &Path {
+    if dir.starts_with(SYS_FS_BPF) {
+        Path::new(SYS_FS_BPF)
+    } else {
+        dir
     }
 }
 
@@ -98,6 +112,27 @@ fn mount_bpffs(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bpffs_is_mounted_on_sys_fs_bpf_for_a_directory_under_it() {
+        assert_eq!(
+            bpffs_mount_point(Path::new(DEFAULT_BPFFS_DIR)),
+            Path::new("/sys/fs/bpf")
+        );
+        assert_eq!(
+            bpffs_mount_point(Path::new("/sys/fs/bpf/a/b")),
+            Path::new("/sys/fs/bpf")
+        );
+        // Not a path prefix: /sys/fs/bpfx is not under /sys/fs/bpf.
+        assert_eq!(
+            bpffs_mount_point(Path::new("/sys/fs/bpfx/vipwire")),
+            Path::new("/sys/fs/bpfx/vipwire")
+        );
+        assert_eq!(
+            bpffs_mount_point(Path::new("/run/vipwire/bpf")),
+            Path::new("/run/vipwire/bpf")
+        );
+    }
 
     #[test]
     fn pin_paths_follow_the_documented_layout() {
