@@ -11,7 +11,11 @@
 
 use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    time::Instant,
+};
 
 use crate::{
     admin::{self, AdminError, AdminState, Reconciled, SourceWatch},
@@ -166,6 +170,10 @@ async fn agent(
     options: RunOptions,
     router_id: Option<std::net::Ipv4Addr>,
 ) -> Result<(), RunError> {
+    // From the start: a SIGTERM or SIGINT while loading and attaching must still end in the
+    // orderly shutdown below (BGP Cease, --cleanup-on-exit), not kill the process mid-way.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let listener = admin::bind(config.admin_listen).await?;
     let mut input = open_source(options.manifests.clone()).await?;
     let state = Arc::new(AdminState::new(
@@ -183,17 +191,19 @@ async fn agent(
     let stale_after = config.l2.heartbeat_timeout;
     // Keep answering from the first moment: a restarted agent inherits the old entries.
     heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
+    match logs::spawn_forwarder(plane.ebpf_mut()) {
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "BPF logs are not forwarded"),
+    }
+    // Before attaching: a program that fails it must not replace the one a previous agent
+    // left attached.
+    plane.self_check()?;
     for interface in &config.interfaces {
         plane.attach(interface)?;
     }
     plane.forget_other_interfaces()?;
     plane.enable_l4(config.l4.maglev_table_size)?;
     state.set_attached(true);
-    match logs::spawn_forwarder(plane.ebpf_mut()) {
-        Ok(_) => {}
-        Err(err) => tracing::warn!(error = %err, "BPF logs are not forwarded"),
-    }
-    plane.self_check()?;
 
     // Announces nothing until the first reconcile says what this node owns. A pinned XDP link
     // taken over from an earlier agent means the dataplane kept forwarding through our
@@ -219,7 +229,6 @@ async fn agent(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(node = %config.node_name, interfaces = ?config.interfaces, "agent running");
     let mut source_alive = true;
     let mut coalescer = Coalescer::new(QUIET, DEBOUNCE, MAX_DELAY);
@@ -253,7 +262,7 @@ async fn agent(
                 l2_written = None;
                 due = true;
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
         if !due {

@@ -333,14 +333,25 @@ fn manifest_changes_take_and_release_vips_with_gratuitous_arp() {
 
 #[test]
 fn cleanup_on_exit_detaches_and_unpins() {
-    let lab = lab("cleanup");
+    stops_cleanly_on(libc::SIGTERM, "cleanup");
+}
+
+#[test]
+fn sigint_stops_the_agent_as_cleanly_as_sigterm() {
+    stops_cleanly_on(libc::SIGINT, "sigint");
+}
+
+/// `signal` makes the agent exit 0, and with `--cleanup-on-exit` nothing of it stays behind.
+fn stops_cleanly_on(signal: i32, name: &str) {
+    let lab = lab(name);
     let mut agent = lab.start_agent("agent.log", &["--cleanup-on-exit"]);
     let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
     lab.wait_answering(&prober, &mut agent);
     assert!(lab.node.ip(&["link", "show", "eth0"]).contains("xdp"));
-    let status = agent
-        .stop(Duration::from_secs(5))
-        .expect("agent exit status");
+    agent.signal(signal);
+    let status = wait_for("the agent to exit", Duration::from_secs(5), || {
+        agent.try_wait()
+    });
     assert!(status.success(), "clean exit: {status}");
     assert!(!lab.bpffs.path().exists(), "pins removed");
     assert!(
