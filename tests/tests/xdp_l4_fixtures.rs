@@ -464,3 +464,28 @@ fn tc_programs_load_and_reply_nat_restores_the_frontend() {
         assert_eq!(h.run_tc(TC_REPLY, &other), (TC_ACT_OK, other));
     }
 }
+
+/// A pod that leaves its SCTP CRC32c to offload (a veth advertises it) sends the field as 0,
+/// and the kernel computes it on the way out over the packet as it is then, field included:
+/// the reply NAT must leave that 0 alone (RFC 9653's zero checksum is 0 on the wire too).
+#[test]
+fn sctp_reply_nat_leaves_a_zero_crc_alone() {
+    use vipwire_common::programs::TC_REPLY;
+    let mut h = setup();
+    for (client, vip, pod, l4) in [
+        (CLIENT4, VIP4, "10.244.0.13", 14 + 20),
+        (CLIENT6, VIP6, "fd00:244::13", 14 + 40),
+    ] {
+        steer(&mut h, &flow(client, vip, 47001, 9, SCTP).frame());
+        let mut reply = flow(pod, client, 9999, 47001, SCTP).frame();
+        reply[l4 + 8..l4 + 12].fill(0);
+        let (_, out) = h.run_tc(TC_REPLY, &reply);
+        let mut expected = flow(vip, client, 9, 47001, SCTP).frame();
+        expected[l4 + 8..l4 + 12].fill(0);
+        assert_eq!(
+            hex(&out[12..expected.len()]),
+            hex(&expected[12..]),
+            "{client}: VIP:port restored, CRC field still 0"
+        );
+    }
+}

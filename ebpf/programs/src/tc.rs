@@ -284,8 +284,13 @@ fn snat(
             }
             None => {
                 let field: [u8; 4] = ctx.load(l4 as usize + 8).ok()?;
-                let crc = sctp_port_changed(field, old_port, new_port, 0, l4_len)?;
-                ctx.store(l4 as usize + 8, &crc, 0).ok()?;
+                // 0: the pod left the CRC32c to offload (a veth advertises it), and the
+                // kernel will compute it over the packet as it leaves, this field included;
+                // or RFC 9653's zero checksum. Either way it stays 0.
+                if field != [0; 4] {
+                    let crc = sctp_port_changed(field, old_port, new_port, 0, l4_len)?;
+                    ctx.store(l4 as usize + 8, &crc, 0).ok()?;
+                }
             }
         }
         ctx.store(l4 as usize, &new_port, 0).ok()?;
