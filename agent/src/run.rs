@@ -356,13 +356,22 @@ fn reconcile(
         .model
         .changes()
         .map(|changes| changes.iter().map(|f| f.vip).collect::<BTreeSet<_>>());
+    // A full map or a failed write must not stop the agent (that would only crash-loop it):
+    // say so, and diff against the maps' real content next time.
     let delta = apply_l2(
         plane,
         target.l2_written,
         config.l2.enabled,
         &desired.l2,
         vips.as_ref(),
-    )?;
+    )
+    .unwrap_or_else(|err| {
+        tracing::error!(
+            error = %crate::error_chain(&err),
+            "L2 maps not fully written; retrying at the next reconcile"
+        );
+        l2::L2Delta::default()
+    });
     // One line per VIP for a few; a mass takeover (the first reconcile) is summed up.
     let each = delta.added.len() + delta.removed.len() <= LOG_EACH;
     if !each {
@@ -391,8 +400,7 @@ fn reconcile(
                 .announce(&a.interface, a.ifindex, a.mac, entry.addr);
         }
     }
-    // A full map or a failed write must not stop the agent (L2, BGP and the flows already
-    // steered go on): say so, and try again from the maps' real content next time. The
+    // Likewise for L4 (L2, BGP and the flows already steered go on). The
     // model's change list is taken here, next to its only user: an early return above must
     // not drop it (later plans would never revisit those frontends).
     let changes = target.model.take_changes();

@@ -361,6 +361,55 @@ fn stops_cleanly_on(signal: i32, name: &str) {
     assert_eq!(prober.probe(VIP, Duration::from_millis(300)), None);
 }
 
+/// More (VIP, interface) pairs than the L2 map holds: the write fails part-way, the agent
+/// says so and keeps running (it used to exit, and a restart only failed again), and once
+/// the pairs fit again it writes them from the map's real content.
+#[test]
+fn a_full_l2_map_is_logged_and_retried_not_fatal() {
+    let lab = lab("full");
+    let mut agent = lab.start_agent("agent.log", &[]);
+    let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
+    lab.wait_answering(&prober, &mut agent);
+
+    let count = vipwire_common::l2::L2_VIP_MAX_ENTRIES + 1;
+    let ips: Vec<String> = (0..count)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i).to_string())
+        .collect();
+    let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let big = lab.manifests.join("big.yaml");
+    std::fs::write(&big, service_manifest("big", &refs)).unwrap();
+    wait_for(
+        "the agent to log the failed L2 write",
+        Duration::from_secs(30),
+        || {
+            agent.assert_running();
+            std::fs::read_to_string(agent.log_path())
+                .ok()
+                .filter(|log| log.contains("L2 maps not fully written"))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    agent.assert_running();
+
+    // The big Service goes; one more VIP comes, and is answered.
+    std::fs::remove_file(&big).unwrap();
+    std::fs::write(
+        lab.manifests.join("other.yaml"),
+        service_manifest("other", &[&OTHER_VIP.to_string()]),
+    )
+    .unwrap();
+    let mac = wait_for(
+        "ARP answered for the new VIP",
+        Duration::from_secs(20),
+        || {
+            agent.assert_running();
+            prober.probe(OTHER_VIP, Duration::from_millis(200))
+        },
+    );
+    assert_eq!(mac, lab.node.mac("eth0"));
+    agent.stop(Duration::from_secs(5));
+}
+
 /// `ip netns exec` gives the agent a /sys of its own, with nothing mounted on /sys/fs/bpf (as
 /// on a host that does not mount bpffs at boot): with the default `--bpffs-dir` the agent
 /// mounts bpffs on /sys/fs/bpf and runs. Its pins live in that private mount namespace and go
