@@ -13,13 +13,13 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use vipwire_common::{Iface, Reason, maps, programs};
+use vipwire_common::{Iface, maps, programs};
 
 use super::{
     iface,
     l4::{L4Delta, L4Error, L4Writer, ServiceView},
     paths::PinPaths,
-    tc,
+    pins, tc,
 };
 use crate::model::{Frontend, Services};
 
@@ -33,6 +33,8 @@ pub enum LoaderError {
     },
     #[error("loading the BPF object")]
     Load(#[source] EbpfError),
+    #[error("checking the pinned maps against the BPF object")]
+    Pins(#[from] pins::PinsError),
     #[error("program {0} missing from the BPF object")]
     MissingProgram(&'static str),
     #[error("map {0} missing from the BPF object")]
@@ -156,7 +158,7 @@ impl Dataplane {
             dir: paths.dir().display().to_string(),
             source,
         })?;
-        drop_incompatible_counters(&paths);
+        pins::drop_incompatible(object, &paths)?;
         let level = log_level as u8;
         let pin_paths: Vec<_> = maps::ALL
             .iter()
@@ -512,20 +514,4 @@ fn unpin_link(path: &std::path::Path) -> Result<(), LoaderError> {
         interface: path.display().to_string(),
         source,
     })
-}
-
-/// Reasons are append-only: a counters map pinned by an older agent with fewer slots cannot
-/// be reused, so it is replaced (its counts restart from zero).
-fn drop_incompatible_counters(paths: &PinPaths) {
-    let path = paths.map(maps::COUNTERS);
-    let Ok(pinned) = MapData::from_pin(&path) else {
-        return;
-    };
-    match pinned.info() {
-        Ok(info) if info.max_entries() == Reason::COUNT => {}
-        _ => {
-            tracing::warn!(path = %path.display(), "pinned counters map has another size; replacing it");
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }

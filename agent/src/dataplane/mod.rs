@@ -8,6 +8,7 @@ pub mod loader;
 pub mod logs;
 pub mod maglev;
 pub mod paths;
+mod pins;
 pub mod route;
 pub mod status;
 pub mod tc;
