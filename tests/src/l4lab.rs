@@ -82,7 +82,14 @@ pub const SINK: ServicePort = ServicePort {
     port: 9,
     target: 9009,
 };
-pub const PORTS: [ServicePort; 3] = [TCP, UDP, SINK];
+/// UDP with nothing listening behind it: the pod answers with ICMP port unreachable.
+pub const CLOSED: ServicePort = ServicePort {
+    name: "closed",
+    protocol: "UDP",
+    port: 7,
+    target: 7007,
+};
+pub const PORTS: [ServicePort; 4] = [TCP, UDP, SINK, CLOSED];
 
 /// The name, IPv4 and IPv6 address of pod `i` (`i < 10`: addresses 10.244.0.1<i>).
 pub fn pod_name(i: usize) -> String {

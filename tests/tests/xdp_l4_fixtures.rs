@@ -489,3 +489,35 @@ fn sctp_reply_nat_leaves_a_zero_crc_alone() {
         );
     }
 }
+
+/// A pod's ICMP error about a flow it serves (port unreachable for a datagram, fragmentation
+/// needed / packet too big for a segment) leaves as if the VIP had sent it: outer source the
+/// VIP, the quote client → VIP:port, every checksum right. The expected frame is built
+/// independently, checksums and all.
+#[test]
+fn a_pods_icmp_error_about_a_flow_leaves_from_the_vip() {
+    use vipwire_common::programs::TC_REPLY;
+    let mut h = setup();
+    for (client, vip, pod, proto, vport, tport, (kind, code), quote_l4) in [
+        (CLIENT4, VIP4, "10.244.0.12", UDP, 53, 5353, (3, 3), 8),
+        (CLIENT4, VIP4, "10.244.0.11", TCP, 80, 8080, (3, 4), 20),
+        (CLIENT6, VIP6, "fd00:244::12", UDP, 53, 5353, (1, 4), 8),
+        (CLIENT6, VIP6, "fd00:244::11", TCP, 80, 8080, (2, 0), 20),
+    ] {
+        steer(&mut h, &flow(client, vip, 47000, vport, proto).frame());
+        let got = flow(client, pod, 47000, tport, proto);
+        let error = icmp_error(ip(pod), &got, kind, code, quote_l4);
+        let (_, out) = h.run_tc(TC_REPLY, &error);
+        let sent = flow(client, vip, 47000, vport, proto);
+        let expected = icmp_error(ip(vip), &sent, kind, code, quote_l4);
+        assert_eq!(
+            hex(&out[12..expected.len()]),
+            hex(&expected[12..]),
+            "{client} {proto} ICMP {kind}/{code}: from the VIP, quoting VIP:port"
+        );
+        // About a flow nobody tracks: untouched.
+        let other = flow(client, pod, 47999, tport, proto);
+        let untracked = icmp_error(ip(pod), &other, kind, code, quote_l4);
+        assert_eq!(h.run_tc(TC_REPLY, &untracked).1, untracked);
+    }
+}

@@ -21,6 +21,7 @@ mod ndp;
 mod parse;
 mod peer_macs;
 mod tc;
+mod tc_icmp;
 mod words;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

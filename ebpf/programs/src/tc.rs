@@ -35,6 +35,7 @@ use crate::{
     counters,
     l4::{maps, sctp_port_changed},
     peer_macs::{self, FrameMacs},
+    tc_icmp::{self, IPPROTO_ICMP, IPPROTO_ICMPV6},
     words,
 };
 
@@ -187,6 +188,10 @@ fn reply(ctx: &TcContext) -> Option<i32> {
     } else {
         return None;
     };
+    if proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
+        let vip = tc_icmp::rewrite(ctx, v6)?;
+        return send_to_client(ctx, &vip, &dst);
+    }
     if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
         return None;
     }
@@ -218,8 +223,15 @@ fn reply(ctx: &TcContext) -> Option<i32> {
         // SAFETY: a per-CPU slot, only touched by this CPU while the program runs.
         unsafe { (*stats).replies += 1 };
     }
+    send_to_client(ctx, &entry.nat_addr_be, &dst)
+}
+
+/// Sends a packet rewritten to come from `vip` towards `client`, out of the interface the FIB
+/// names, past the host's FORWARD chain; `TC_ACT_OK` (the kernel) when it names none.
+#[inline(always)]
+fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16]) -> Option<i32> {
     let mut slot = FibSlot::new();
-    let fib = fib_params(&mut slot, &entry.nat_addr_be, &dst, ctx);
+    let fib = fib_params(&mut slot, vip, client, ctx);
     Some(match fib_lookup(ctx, fib) {
         BPF_FIB_LKUP_RET_SUCCESS => {
             set_macs(ctx, fib_macs(fib))?;

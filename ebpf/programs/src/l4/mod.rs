@@ -25,7 +25,11 @@ use vipwire_common::{
 };
 
 use self::headers::{Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6};
-pub use self::{csum::Delta, sctp::port_changed as sctp_port_changed};
+pub use self::{
+    csum::Delta,
+    headers::{Ipv4Hdr, Ipv6Hdr},
+    sctp::port_changed as sctp_port_changed,
+};
 use crate::{Verdict, parse::ptr_at};
 
 /// An IPv4 packet whose destination is `dst` (as `words::load32_wide` reads it): steered when
