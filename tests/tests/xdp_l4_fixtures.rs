@@ -521,3 +521,41 @@ fn a_pods_icmp_error_about_a_flow_leaves_from_the_vip() {
         assert_eq!(h.run_tc(TC_REPLY, &untracked).1, untracked);
     }
 }
+
+/// A reply the pod's stack fragmented: the first fragment is rewritten like any reply, and
+/// the later ones, which carry no ports, get the same VIP as their source; a later fragment
+/// whose first was not seen is left alone.
+#[test]
+fn fragmented_replies_leave_from_the_vip_whole() {
+    use vipwire_common::programs::TC_REPLY;
+    let mut h = setup();
+    for (client, vip, pod) in [
+        (CLIENT4, VIP4, "10.244.0.12"),
+        (CLIENT6, VIP6, "fd00:244::12"),
+    ] {
+        steer(&mut h, &flow(client, vip, 47003, 53, UDP).frame());
+        let from_pod = flow(pod, client, 5353, 47003, UDP);
+        let from_vip = flow(vip, client, 53, 47003, UDP);
+        for (what, frag) in [
+            ("first fragment", Frag::First(0x99)),
+            ("later fragment", Frag::Later(0x99)),
+        ] {
+            let shape = Shape {
+                frag,
+                ..Shape::default()
+            };
+            let (_, out) = h.run_tc(TC_REPLY, &from_pod.frame_with(shape));
+            let expected = from_vip.frame_with(shape);
+            assert_eq!(
+                hex(&out[12..expected.len()]),
+                hex(&expected[12..]),
+                "{client}: {what} from the VIP"
+            );
+        }
+        let unseen = from_pod.frame_with(Shape {
+            frag: Frag::Later(0x9a),
+            ..Shape::default()
+        });
+        assert_eq!(h.run_tc(TC_REPLY, &unseen).1, unseen, "{client}: unseen");
+    }
+}

@@ -281,6 +281,17 @@ pub struct FragKey {
 }
 const _: () = assert!(size_of::<FragKey>() == 40);
 
+/// Value of `vipwire_reply_fragments_v1` (`LRU_HASH`, keyed by [`FragKey`] with the reply's
+/// addresses as the pod sent it): the frontend address the first fragment of a fragmented
+/// reply was rewritten to, for its later fragments (which carry no ports to look the flow up
+/// by).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyFragValue {
+    pub nat_addr_be: [u8; 16],
+}
+const _: () = assert!(size_of::<ReplyFragValue>() == 16);
+
 /// Value of `vipwire_fragments_v1`: where the first fragment went.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -350,6 +361,7 @@ mod pod {
     unsafe impl aya::Pod for super::SourceRange {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
+    unsafe impl aya::Pod for super::ReplyFragValue {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::VipFilter {}
 }

@@ -67,11 +67,14 @@ pub mod maps {
     pub const SOURCE_RANGES: &str = "vipwire_source_ranges_v1";
     /// `LRU_HASH` [`crate::l4::FragKey`] -> [`crate::l4::FragValue`]: fragmented datagrams.
     pub const FRAGMENTS: &str = "vipwire_fragments_v1";
+    /// `LRU_HASH` [`crate::l4::FragKey`] -> [`crate::l4::ReplyFragValue`]: fragmented
+    /// replies.
+    pub const REPLY_FRAGMENTS: &str = "vipwire_reply_fragments_v1";
     /// `PERCPU_ARRAY[l4::SERVICE_IDS]` -> [`crate::l4::ServiceStats`]: per-service counters.
     pub const SERVICE_STATS: &str = "vipwire_service_stats_v1";
 
     /// Every contract map (not aya-log's `AYA_LOGS` ring buffer or the `.rodata` globals).
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         L2_VIP4,
         L2_VIP6,
         IFACES,
@@ -84,6 +87,7 @@ pub mod maps {
         AFFINITY,
         SOURCE_RANGES,
         FRAGMENTS,
+        REPLY_FRAGMENTS,
         SERVICE_STATS,
         VIP_FILTER,
     ];

@@ -22,6 +22,7 @@ mod parse;
 mod peer_macs;
 mod tc;
 mod tc_icmp;
+mod tc_reply;
 mod words;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

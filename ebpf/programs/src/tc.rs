@@ -5,19 +5,16 @@
 //!   behind a veth (the packet enters the pod's namespace in this softirq, as if received on
 //!   the pod's interface: nothing in the pod is needed), else out of the device a FIB lookup
 //!   names. The host's routing, rp_filter and netfilter never see it.
-//! - `vipwire_tc_reply` (ingress, the host side of each local backend's veth): a reply of a
-//!   tracked flow gets VIP:port back as its source and leaves by the FIB's route to the
-//!   client, past the host's FORWARD chain, whichever interface that is.
-//!
-//! Checksums here go through the skb helpers: a reply from a pod is usually
-//! CHECKSUM_PARTIAL (the field holds only the pseudo-header sum), which they handle.
+//! - `vipwire_tc_reply` (ingress, the host side of each local backend's veth; `crate::tc_reply`):
+//!   a reply of a tracked flow gets VIP:port back as its source and leaves by the FIB's route
+//!   to the client ([`send_to_client`]), past the host's FORWARD chain, whichever interface
+//!   that is.
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
@@ -25,25 +22,21 @@ use aya_ebpf::{
 };
 use vipwire_common::{
     Reason,
-    l4::{
-        BACKEND_VETH_PEER, CT_REVERSE, CtKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
-        XDP_META_ID_LEN, XDP_META_MAGIC, XdpMeta, is_v4_mapped, v4_mapped,
-    },
+    l4::{BACKEND_VETH_PEER, XDP_META_ID_LEN, XDP_META_MAGIC, XdpMeta, is_v4_mapped, v4_mapped},
 };
 
 use crate::{
     counters,
-    l4::{maps, sctp_port_changed},
+    l4::maps,
     peer_macs::{self, FrameMacs},
-    tc_icmp::{self, IPPROTO_ICMP, IPPROTO_ICMPV6},
     words,
 };
 
-const ETH_HLEN: u32 = 14;
+pub(crate) const ETH_HLEN: u32 = 14;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const ETH_P_IP: [u8; 2] = [0x08, 0x00];
-const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+pub(crate) const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub(crate) const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 
 #[classifier]
 pub fn vipwire_tc_deliver(ctx: TcContext) -> i32 {
@@ -75,17 +68,6 @@ pub fn vipwire_tc_deliver(ctx: TcContext) -> i32 {
         Reason::Delivered
     });
     action
-}
-
-#[classifier]
-pub fn vipwire_tc_reply(ctx: TcContext) -> i32 {
-    match reply(&ctx) {
-        Some(action) => {
-            counters::bump(Reason::ReplyNat);
-            action
-        }
-        None => TC_ACT_OK,
-    }
 }
 
 /// Redirects a steered packet to backend `backend_id`; `TC_ACT_OK` when it cannot. `hint`:
@@ -150,86 +132,10 @@ fn cached_peer_delivery(ctx: &TcContext, backend_id: u32, ifindex: u32, flags: u
     Some(unsafe { bpf_redirect_peer(ifindex, 0) as i32 })
 }
 
-/// Rewrites a reply of a tracked flow to come from VIP:port and sends it towards the
-/// client. `None`: not a reply we track.
-#[inline(always)]
-fn reply(ctx: &TcContext) -> Option<i32> {
-    let ethertype: [u8; 2] = ctx.load(12).ok()?;
-    let (v6, l4, l4_len, proto, src, dst) = if ethertype == ETH_P_IP {
-        let vihl: u8 = ctx.load(ETH_HLEN as usize).ok()?;
-        if vihl >> 4 != 4 || vihl & 0x0f < 5 {
-            return None;
-        }
-        let frag: [u8; 2] = ctx.load(ETH_HLEN as usize + 6).ok()?;
-        // A later fragment has no ports: not one we can match.
-        if frag[0] & 0x1f != 0 || frag[1] != 0 {
-            return None;
-        }
-        let total: [u8; 2] = ctx.load(ETH_HLEN as usize + 2).ok()?;
-        let proto: u8 = ctx.load(ETH_HLEN as usize + 9).ok()?;
-        let addrs: [u8; 8] = ctx.load(ETH_HLEN as usize + 12).ok()?;
-        let ihl = u32::from(vihl & 0x0f) * 4;
-        (
-            false,
-            ETH_HLEN + ihl,
-            u32::from(u16::from_be_bytes(total)).checked_sub(ihl)?,
-            proto,
-            v4_mapped([addrs[0], addrs[1], addrs[2], addrs[3]]),
-            v4_mapped([addrs[4], addrs[5], addrs[6], addrs[7]]),
-        )
-    } else if ethertype == ETH_P_IPV6 {
-        // Replies from a pod carry no extension headers in practice; others pass.
-        let payload: [u8; 2] = ctx.load(ETH_HLEN as usize + 4).ok()?;
-        let proto: u8 = ctx.load(ETH_HLEN as usize + 6).ok()?;
-        let src: [u8; 16] = ctx.load(ETH_HLEN as usize + 8).ok()?;
-        let dst: [u8; 16] = ctx.load(ETH_HLEN as usize + 24).ok()?;
-        let len = u32::from(u16::from_be_bytes(payload));
-        (true, ETH_HLEN + 40, len, proto, src, dst)
-    } else {
-        return None;
-    };
-    if proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
-        let vip = tc_icmp::rewrite(ctx, v6)?;
-        return send_to_client(ctx, &vip, &dst);
-    }
-    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
-        return None;
-    }
-    let ports: [u8; 4] = ctx.load(l4 as usize).ok()?;
-    let key = CtKey {
-        src_be: src,
-        dst_be: dst,
-        sport_be: [ports[0], ports[1]],
-        dport_be: [ports[2], ports[3]],
-        proto,
-        dir: CT_REVERSE,
-        _pad: [0; 2],
-    };
-    let entry = maps::CONNTRACK.get_ptr(key)?;
-    // SAFETY: a map value from a successful lookup, copied at once.
-    let entry = unsafe { *entry };
-    let old_port = [ports[0], ports[1]];
-    let new_port = entry.nat_port_be;
-    let ports = (old_port, new_port);
-    snat(
-        ctx,
-        v6,
-        (l4, l4_len),
-        proto,
-        (&src, &entry.nat_addr_be),
-        ports,
-    )?;
-    if let Some(stats) = maps::stats(entry.service_id) {
-        // SAFETY: a per-CPU slot, only touched by this CPU while the program runs.
-        unsafe { (*stats).replies += 1 };
-    }
-    send_to_client(ctx, &entry.nat_addr_be, &dst)
-}
-
 /// Sends a packet rewritten to come from `vip` towards `client`, out of the interface the FIB
 /// names, past the host's FORWARD chain; `TC_ACT_OK` (the kernel) when it names none.
 #[inline(always)]
-fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16]) -> Option<i32> {
+pub(crate) fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16]) -> Option<i32> {
     let mut slot = FibSlot::new();
     let fib = fib_params(&mut slot, vip, client, ctx);
     Some(match fib_lookup(ctx, fib) {
@@ -245,69 +151,6 @@ fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16]) -> Option<
         // No route to the client: the kernel may know better (it now sees VIP:port).
         _ => TC_ACT_OK,
     })
-}
-
-/// Source address and port rewrite with checksum updates through the skb helpers.
-/// `(l4, l4_len)`: where the upper layer starts and its length; `(old, new)` addresses and
-/// ports.
-#[inline(always)]
-fn snat(
-    ctx: &TcContext,
-    v6: bool,
-    (l4, l4_len): (u32, u32),
-    proto: u8,
-    (old, new): (&[u8; 16], &[u8; 16]),
-    (old_port, new_port): ([u8; 2], [u8; 2]),
-) -> Option<()> {
-    let csum_at = match proto {
-        IPPROTO_TCP => Some(l4 + 16),
-        IPPROTO_UDP => Some(l4 + 6),
-        _ => None,
-    };
-    let udp = if proto == IPPROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    let words = if v6 { 0..4 } else { 3..4 };
-    for i in words {
-        let o = u32::from_ne_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
-        let n = u32::from_ne_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]);
-        if let Some(at) = csum_at {
-            let flags = u64::from(BPF_F_PSEUDO_HDR) | udp | 4;
-            ctx.l4_csum_replace(at as usize, u64::from(o), u64::from(n), flags)
-                .ok()?;
-        }
-        if !v6 {
-            ctx.l3_csum_replace(ETH_HLEN as usize + 10, u64::from(o), u64::from(n), 4)
-                .ok()?;
-        }
-        let at =
-            if v6 { ETH_HLEN + 8 } else { ETH_HLEN + 12 } as usize + if v6 { i * 4 } else { 0 };
-        ctx.store(at, &n.to_ne_bytes(), 0).ok()?;
-    }
-    if old_port != new_port {
-        match csum_at {
-            Some(at) => {
-                let o = u16::from_ne_bytes(old_port);
-                let n = u16::from_ne_bytes(new_port);
-                ctx.l4_csum_replace(at as usize, u64::from(o), u64::from(n), udp | 2)
-                    .ok()?;
-            }
-            None => {
-                let field: [u8; 4] = ctx.load(l4 as usize + 8).ok()?;
-                // 0: the pod left the CRC32c to offload (a veth advertises it), and the
-                // kernel will compute it over the packet as it leaves, this field included;
-                // or RFC 9653's zero checksum. Either way it stays 0.
-                if field != [0; 4] {
-                    let crc = sctp_port_changed(field, old_port, new_port, 0, l4_len)?;
-                    ctx.store(l4 as usize + 8, &crc, 0).ok()?;
-                }
-            }
-        }
-        ctx.store(l4 as usize, &new_port, 0).ok()?;
-    }
-    Some(())
 }
 
 #[inline(always)]

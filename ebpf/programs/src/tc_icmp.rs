@@ -27,13 +27,22 @@ const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_TIME_EXCEEDED: u8 = 3;
 
-/// Rewrites an ICMP (`v6`: ICMPv6) error about a tracked flow; returns its new source (the
-/// VIP, IPv4-mapped for IPv4). `None`: not one, left untouched.
+/// Rewrites an ICMP (`v6`: ICMPv6) error about a tracked flow and puts its new source (the
+/// VIP, IPv4-mapped for IPv4) in `vip`; false: not one, left untouched.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, v6: bool) -> Option<[u8; 16]> {
+pub fn rewrite(ctx: &TcContext, v6: bool, vip: &mut [u8; 16]) -> bool {
     // The pod's kernel builds an error in one buffer, but direct access needs it linear.
-    ctx.pull_data(0).ok()?;
-    if v6 { rewrite_v6(ctx) } else { rewrite_v4(ctx) }
+    if ctx.pull_data(0).is_err() {
+        return false;
+    }
+    let rewritten = if v6 { rewrite_v6(ctx) } else { rewrite_v4(ctx) };
+    match rewritten {
+        Some(addr) => {
+            *vip = addr;
+            true
+        }
+        None => false,
+    }
 }
 
 #[inline(always)]

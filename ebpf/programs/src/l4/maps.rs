@@ -10,7 +10,7 @@ use aya_ebpf::{
 use vipwire_common::l4::{
     AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, BackendValue,
     CONNTRACK_MAX_ENTRIES, CtKey, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue,
-    MAGLEV_CHUNK_SLOTS, MAGLEV_MAX_ENTRIES, MaglevChunk, MaglevKey, SERVICE_IDS,
+    MAGLEV_CHUNK_SLOTS, MAGLEV_MAX_ENTRIES, MaglevChunk, MaglevKey, ReplyFragValue, SERVICE_IDS,
     SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceStats, ServiceValue,
     SourceRange, VipFilter,
 };
@@ -47,6 +47,13 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u8, { SOURCE_RANGES_MAX_ENTRIES a
 #[btf_map(name = "vipwire_fragments_v1")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue, { FRAGMENTS_MAX_ENTRIES as usize }> =
     LruHashMap::new();
+
+#[btf_map(name = "vipwire_reply_fragments_v1")]
+pub static REPLY_FRAGMENTS: LruHashMap<
+    FragKey,
+    ReplyFragValue,
+    { FRAGMENTS_MAX_ENTRIES as usize },
+> = LruHashMap::new();
 
 #[btf_map(name = "vipwire_service_stats_v1")]
 pub static SERVICE_STATS: PerCpuArray<ServiceStats, { SERVICE_IDS as usize }> = PerCpuArray::new();
