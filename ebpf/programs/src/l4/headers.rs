@@ -152,15 +152,18 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
     if hdr.vtc_flow[0] >> 4 != 6 {
         return None;
     }
-    // An IPv4-mapped destination is never routed (RFC 4291 2.5.5.2): not for the IPv4
-    // frontend whose key it would match.
+    // IPv4-mapped addresses are never routed (RFC 4291 2.5.5.2). A mapped destination is
+    // not for the IPv4 frontend whose key it would match; from a mapped source, a flow would
+    // be tracked as an IPv4 client's and the TC programs, which pick the address family
+    // from the client's address, would route it as IPv4.
     const MAPPED: [u8; 16] = v4_mapped([0; 4]);
+    const MAPPED_WORD: u32 = u32::from_le_bytes([MAPPED[8], MAPPED[9], MAPPED[10], MAPPED[11]]);
     let frame = ip.cast::<u8>();
-    // SAFETY: ptr_at checked the whole header; the destination is at 24..40.
+    // SAFETY: ptr_at checked the whole header; the source is at 8..24, the destination at
+    // 24..40.
     if unsafe {
-        words::load64::<24>(frame) == 0
-            && words::load32::<32>(frame)
-                == u32::from_le_bytes([MAPPED[8], MAPPED[9], MAPPED[10], MAPPED[11]])
+        (words::load64::<24>(frame) == 0 && words::load32::<32>(frame) == MAPPED_WORD)
+            || (words::load64::<8>(frame) == 0 && words::load32::<16>(frame) == MAPPED_WORD)
     } {
         return None;
     }
