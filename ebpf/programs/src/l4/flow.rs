@@ -254,7 +254,8 @@ const _: () = {
 };
 
 /// The fragment key of datagram `id` of `scratch.ip`, into `scratch.frag` (word stores, as in
-/// [`forward_key`]).
+/// [`forward_key`]). Keyed by `frag_proto`, not the upper layer: a later fragment does not
+/// know the latter.
 #[inline(always)]
 fn frag_key(scratch: &mut Scratch, id: u32) {
     let frag = &raw mut scratch.frag;
@@ -263,7 +264,10 @@ fn frag_key(scratch: &mut Scratch, id: u32) {
     unsafe {
         words::copy16(&raw mut (*frag).src_be, &raw const ip.src);
         words::copy16(&raw mut (*frag).dst_be, &raw const ip.dst);
-        words::store64::<FRAG_KEY_TAIL>(frag.cast(), u64::from(id) | u64::from(ip.proto) << 32);
+        words::store64::<FRAG_KEY_TAIL>(
+            frag.cast(),
+            u64::from(id) | u64::from(ip.frag_proto) << 32,
+        );
     }
 }
 
