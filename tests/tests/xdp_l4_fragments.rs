@@ -9,8 +9,10 @@ use std::net::IpAddr;
 
 use testkit::{
     bpf::{LO_IFINDEX, Verdict, XdpHarness},
-    l4packets::{Flow, Frag, Shape, UDP, verify},
-    l4tables::{CLIENT6, VIP6, fixture_tables},
+    l4packets::{Flow, Frag, SCTP, Shape, TCP, TCP_ACK, UDP, fold, sum16, verify},
+    l4tables::{
+        CLIENT4, CLIENT6, VIP4, VIP6, conntrack, ct_forward, fixture_tables, service_stats,
+    },
 };
 use vipwire_common::{
     Reason,
@@ -28,6 +30,13 @@ fn flow(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> Flow {
         sport,
         dport,
         proto,
+    }
+}
+
+fn frag(frag: Frag) -> Shape<'static> {
+    Shape {
+        frag,
+        ..Shape::default()
     }
 }
 
@@ -52,6 +61,17 @@ fn run(h: &mut XdpHarness, name: &str, frame: &[u8]) -> (Verdict, Vec<u8>, Reaso
     (out.verdict, frame, reason)
 }
 
+/// XDP_PASS, byte for byte as it came, `reason` counted.
+fn untouched(h: &mut XdpHarness, name: &str, frame: &[u8], reason: Reason) {
+    let (verdict, out, counted) = run(h, name, frame);
+    assert_eq!(
+        (verdict, counted),
+        (Verdict::Pass, reason),
+        "{name}: verdict, reason"
+    );
+    assert_eq!(out, frame, "{name}: passed untouched");
+}
+
 /// Steered and rewritten to exactly `expected`, checksums verified independently.
 fn steered(h: &mut XdpHarness, name: &str, frame: &[u8], expected: &[u8]) {
     verify(&steered_bytes(h, name, frame, expected));
@@ -67,6 +87,140 @@ fn steered_bytes(h: &mut XdpHarness, name: &str, frame: &[u8], expected: &[u8]) 
     );
     assert_eq!(out, expected, "{name}: output bytes");
     out
+}
+
+/// A first fragment cut to `keep` bytes of its upper layer, its IP length fields to match
+/// (a well-formed fragment whose TCP header ends before the checksum).
+fn cut(frame: &[u8], keep: usize) -> Vec<u8> {
+    let v4 = frame[12..14] == [0x08, 0x00];
+    // IPv4 without options; IPv6 with a Fragment header only.
+    let l4 = if v4 { 14 + 20 } else { 14 + 40 + 8 };
+    let mut f = frame[..l4 + keep].to_vec();
+    if v4 {
+        let len = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&len.to_be_bytes());
+        f[24..26].fill(0);
+        let sum = !fold(sum16(&f[14..34]));
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        let len = (f.len() - 14 - 40) as u16;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+    }
+    f
+}
+
+#[test]
+fn a_first_fragment_that_cannot_be_rewritten_leaves_its_datagram_to_the_kernel() {
+    let mut h = fixture_tables();
+    for (client, vip, sctp_service) in [(CLIENT4, VIP4, 3), (CLIENT6, VIP6, 6)] {
+        // SCTP 9 → 9999, a new flow: nothing is recorded, so the later fragments find no
+        // backend either.
+        let f = flow(client, vip, 48000, 9, SCTP);
+        let name = format!("{client} SCTP first fragment of a new flow");
+        untouched(
+            &mut h,
+            &name,
+            &f.frame_with(frag(Frag::First(0x51))),
+            Reason::Unsupported,
+        );
+        let name = format!("{client} SCTP later fragment of a new flow");
+        untouched(
+            &mut h,
+            &name,
+            &f.frame_with(frag(Frag::Later(0x51))),
+            Reason::NoBackend,
+        );
+        let key = ct_forward(f.src, f.dst, f.sport, f.dport, SCTP);
+        assert!(
+            conntrack(&mut h, &key).is_none(),
+            "{client}: no flow tracked"
+        );
+        let stats = service_stats(&mut h, sctp_service);
+        assert_eq!(stats.new_flows, 0, "{client}: {stats:?}");
+
+        // The same on an established SCTP flow.
+        let f = flow(client, vip, 48001, 9, SCTP);
+        let (_, _, reason) = run(&mut h, "SCTP whole packet", &f.frame());
+        assert_eq!(reason, Reason::Steered, "{client}: the flow starts");
+        let name = format!("{client} SCTP first fragment of an established flow");
+        untouched(
+            &mut h,
+            &name,
+            &f.frame_with(frag(Frag::First(0x52))),
+            Reason::Unsupported,
+        );
+        let name = format!("{client} SCTP later fragment of an established flow");
+        untouched(
+            &mut h,
+            &name,
+            &f.frame_with(frag(Frag::Later(0x52))),
+            Reason::NoBackend,
+        );
+
+        // A TCP SYN whose first fragment ends before the checksum (16 bytes of header).
+        let f = flow(client, vip, 48002, 80, TCP);
+        let name = format!("{client} short TCP first fragment of a new flow");
+        let short = cut(&f.frame_with(frag(Frag::First(0x53))), 16);
+        untouched(&mut h, &name, &short, Reason::Passed);
+        let name = format!("{client} later fragment after a short TCP first fragment");
+        untouched(
+            &mut h,
+            &name,
+            &f.frame_with(frag(Frag::Later(0x53))),
+            Reason::NoBackend,
+        );
+        let key = ct_forward(f.src, f.dst, f.sport, f.dport, TCP);
+        assert!(
+            conntrack(&mut h, &key).is_none(),
+            "{client}: no flow tracked"
+        );
+    }
+}
+
+#[test]
+fn a_short_first_fragment_of_an_established_flow_is_not_split() {
+    let mut h = fixture_tables();
+    for (client, vip, pod) in [
+        (CLIENT4, VIP4, "10.244.0.11"),
+        (CLIENT6, VIP6, "fd00:244::11"),
+    ] {
+        let f = flow(client, vip, 48100, 80, TCP);
+        let to = Flow { dst: ip(pod), ..f };
+        let (_, _, reason) = run(&mut h, "SYN", &f.frame());
+        assert_eq!(reason, Reason::Steered, "{client}: the flow starts");
+        let ack = |frag| Shape {
+            frag,
+            tcp_flags: TCP_ACK,
+            ..Shape::default()
+        };
+        let short = cut(&f.frame_with(ack(Frag::First(0x61))), 16);
+        untouched(&mut h, "short first fragment", &short, Reason::Passed);
+        let later = f.frame_with(ack(Frag::Later(0x61)));
+        untouched(&mut h, "its later fragment", &later, Reason::NoBackend);
+
+        // Datagram 0x62 is steered whole; then a new datagram reuses its id (IPv4 ids are
+        // 16 bits) with a short first fragment: its later fragments must not follow the
+        // old datagram's entry into the pod.
+        let first = ack(Frag::First(0x62));
+        let expected = Flow { dport: 8080, ..to }.frame_with(first);
+        steered(&mut h, "first fragment", &f.frame_with(first), &expected);
+        let later = ack(Frag::Later(0x62));
+        steered(
+            &mut h,
+            "later fragment",
+            &f.frame_with(later),
+            &to.frame_with(later),
+        );
+        let short = cut(&f.frame_with(first), 16);
+        untouched(
+            &mut h,
+            "short first fragment, id reused",
+            &short,
+            Reason::Passed,
+        );
+        let name = "later fragment of the reused id";
+        untouched(&mut h, name, &f.frame_with(later), Reason::NoBackend);
+    }
 }
 
 #[test]
