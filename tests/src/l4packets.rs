@@ -46,6 +46,10 @@ pub struct Shape<'a> {
     pub frag: Frag,
     /// IPv6 only: a destination options header before the upper layer.
     pub dest_opts: bool,
+    /// IPv6 fragments only: a destination options header in the fragmentable part (after the
+    /// Fragment header). The first fragment carries it; a later fragment only names it, as
+    /// its Fragment header's next header.
+    pub frag_dest_opts: bool,
     /// UDP only: send checksum 0 (IPv4: "no checksum").
     pub udp_zero_checksum: bool,
     /// TCP only: the flags byte.
@@ -58,6 +62,7 @@ impl Default for Shape<'_> {
             payload: b"hello vipwire",
             frag: Frag::Whole,
             dest_opts: false,
+            frag_dest_opts: false,
             udp_zero_checksum: false,
             tcp_flags: TCP_SYN,
         }
@@ -99,6 +104,12 @@ impl Flow {
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 let mut ext = Vec::new();
                 let mut next = self.proto;
+                if shape.frag_dest_opts && shape.frag != Frag::Whole {
+                    if let Frag::First(_) = shape.frag {
+                        ext = vec![next, 0, 1, 4, 0, 0, 0, 0];
+                    }
+                    next = IPV6_DSTOPTS;
+                }
                 if let Frag::First(id) | Frag::Later(id) = shape.frag {
                     let off_flags: u16 = if matches!(shape.frag, Frag::First(_)) {
                         1

@@ -190,6 +190,12 @@ fn steering_fixtures_give_exact_output_and_counter() {
             flow(CLIENT6, &format!("::ffff:{VIP4}"), 40000, 80, TCP).frame(),
             Reason::Passed,
         ),
+        untouched(
+            // Steered, its replies would be routed as IPv4 (TC picks the family from it).
+            "IPv6 TCP from an IPv4-mapped source",
+            flow(&format!("::ffff:{CLIENT4}"), VIP6, 40000, 80, TCP).frame(),
+            Reason::Passed,
+        ),
         named("IPv4 TCP", steered(&tcp4, "10.244.0.11", 8080, plain)),
         named("IPv4 UDP", steered(&udp4, "10.244.0.12", 5353, plain)),
         named(

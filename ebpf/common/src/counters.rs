@@ -29,7 +29,9 @@ pub enum Reason {
     /// program was not built for.
     ContractMismatch = 6,
     /// A Neighbor Solicitation of a shape the program does not rewrite (more than
-    /// [`crate::l2::NS_MAX_OPTIONS_LEN`] bytes of options).
+    /// [`crate::l2::NS_MAX_OPTIONS_LEN`] bytes of options). XDP: the first fragment of an
+    /// SCTP datagram whose port the frontend rewrites (the CRC32c covers the whole
+    /// datagram): passed, nothing recorded, so its later fragments go to the kernel too.
     Unsupported = 7,
     /// XDP: a packet for a frontend, DNATed to a local backend and handed to TC (XDP_PASS
     /// with an `XdpMeta`).
@@ -38,7 +40,8 @@ pub enum Reason {
     /// `XDP_DROP`.
     SourceDenied = 9,
     /// XDP: a new flow for a frontend without an active local backend, or a non-first
-    /// fragment of a datagram whose first fragment was not seen: left to the kernel.
+    /// fragment of a datagram whose first fragment was not seen or not steered: left to the
+    /// kernel.
     NoBackend = 10,
     /// TC (uplink): a steered packet redirected into its pod.
     Delivered = 11,

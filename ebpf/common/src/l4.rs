@@ -276,6 +276,8 @@ pub struct FragKey {
     pub dst_be: [u8; 16],
     /// IPv4: the 16-bit identification, zero-extended; IPv6: the fragment header's 32 bits.
     pub id: u32,
+    /// IPv4: the protocol; IPv6: the Fragment header's next header (the same in every
+    /// fragment; the upper layer may follow further extension headers in the first only).
     pub proto: u8,
     pub _pad: [u8; 3],
 }

@@ -10,7 +10,8 @@ use vipwire_common::{
     Reason,
     l4::{
         AffinityKey, AffinityValue, BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey,
-        CtValue, FragKey, FragValue, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES, ServiceValue,
+        CtValue, FragKey, FragValue, IPPROTO_SCTP, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
+        ServiceValue,
     },
 };
 
@@ -60,11 +61,15 @@ pub fn established_packet(scratch: &mut Scratch) -> u64 {
     let Some(backend) = backend_ptr(backend_id) else {
         return Verdict::NONE;
     };
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    let backend = unsafe { &*backend };
+    if !rewritable(scratch, backend) {
+        return Verdict::pass(Reason::Unsupported).pack();
+    }
     if let Fragment::First { id } = scratch.ip.fragment {
         remember_fragment(scratch, id, backend_id, service_id);
     }
-    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
-    aim(scratch, unsafe { &*backend }, backend_id, service_id, true);
+    aim(scratch, backend, backend_id, service_id, true);
     Verdict::pass(Reason::Steered).pack()
 }
 
@@ -84,14 +89,32 @@ pub fn new_flow(scratch: &mut Scratch, ports: [u8; 4], service: &ServiceValue) -
         count(stats, |s| s.no_backend += 1);
         return Verdict::pass(Reason::NoBackend);
     };
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    if !rewritable(scratch, unsafe { &*backend }) {
+        return Verdict::pass(Reason::Unsupported);
+    }
+    if service.flags & SERVICE_AFFINITY != 0 {
+        remember_client(&scratch.ip, service.id, picked);
+    }
     track(scratch, service.id, picked, backend);
     count(stats, |s| s.new_flows += 1);
     if let Fragment::First { id } = scratch.ip.fragment {
         remember_fragment(scratch, id, picked, service.id);
     }
-    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    // SAFETY: as above.
     aim(scratch, unsafe { &*backend }, picked, service.id, true);
     Verdict::pass(Reason::Steered)
+}
+
+/// Whether the DNAT can rewrite this packet for `backend`: a first SCTP fragment cannot take
+/// a port change, as the CRC32c covers the whole datagram (see `nat::rewrite_port`). Asked
+/// before anything is recorded, so that such a datagram goes to the kernel whole: its later
+/// fragments find no entry.
+#[inline(always)]
+fn rewritable(scratch: &Scratch, backend: &BackendValue) -> bool {
+    scratch.ip.proto != IPPROTO_SCTP
+        || !matches!(scratch.ip.fragment, Fragment::First { .. })
+        || backend.port_be == scratch.ct.dport_be
 }
 
 /// Records the rewrite for the DNAT, which runs in the caller's frame (see `super::finish`).
@@ -158,8 +181,16 @@ fn remember_fragment(scratch: &mut Scratch, id: u32, backend_id: u32, service_id
     let _ = maps::FRAGMENTS.insert(&scratch.frag, value, 0);
 }
 
+/// Drops the entry of datagram `id`, if any: its first fragment went to the kernel.
+#[inline(never)]
+pub fn forget_fragment(scratch: &mut Scratch, id: u32) {
+    frag_key(scratch, id);
+    let _ = maps::FRAGMENTS.remove(&scratch.frag);
+}
+
 /// The backend id for a new flow (0: none): the client's affinity if it is still valid,
-/// else Maglev. An id, not the backend: a non-inlined BPF function returns one register.
+/// else Maglev. Records nothing: the caller refreshes the affinity once it knows the packet
+/// is steered. An id, not the backend: a non-inlined BPF function returns one register.
 #[inline(never)]
 fn pick(ip: &Ip, ports: [u8; 4], service: &ServiceValue) -> u32 {
     if service.flags & SERVICE_AFFINITY == 0 {
@@ -169,33 +200,37 @@ fn pick(ip: &Ip, ports: [u8; 4], service: &ServiceValue) -> u32 {
         service_id: service.id,
         client_be: ip.src,
     };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = maps::AFFINITY.get_ptr_mut(key) {
+    if let Some(entry) = maps::AFFINITY.get_ptr(key) {
         // SAFETY: a map value from a successful lookup.
         let (backend_id, last) = unsafe { ((*entry).backend_id, (*entry).last_ns) };
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
         let timeout = u64::from(service.affinity_timeout_s) * 1_000_000_000;
         if now.saturating_sub(last) <= timeout
             && let Some(backend) = backend_ptr(backend_id)
             // SAFETY: a map value pointer from a successful lookup.
             && unsafe { (*backend).flags } & BACKEND_ACTIVE != 0
         {
-            // SAFETY: as above.
-            unsafe { (*entry).last_ns = now };
             return backend_id;
         }
     }
-    let backend_id = maglev(ip, ports, service);
-    if backend_id == 0 {
-        return 0;
-    }
+    maglev(ip, ports, service)
+}
+
+/// Starts or refreshes the client's affinity to `backend_id` (a full LRU evicts the oldest).
+#[inline(never)]
+fn remember_client(ip: &Ip, service_id: u32, backend_id: u32) {
+    let key = AffinityKey {
+        service_id,
+        client_be: ip.src,
+    };
     let value = AffinityValue {
         backend_id,
         _pad: 0,
-        last_ns: now,
+        // SAFETY: no preconditions.
+        last_ns: unsafe { bpf_ktime_get_ns() },
     };
     let _ = maps::AFFINITY.insert(key, value, 0);
-    backend_id
 }
 
 /// The Maglev slot's backend id (0: none).
@@ -254,7 +289,8 @@ const _: () = {
 };
 
 /// The fragment key of datagram `id` of `scratch.ip`, into `scratch.frag` (word stores, as in
-/// [`forward_key`]).
+/// [`forward_key`]). Keyed by `frag_proto`, not the upper layer: a later fragment does not
+/// know the latter.
 #[inline(always)]
 fn frag_key(scratch: &mut Scratch, id: u32) {
     let frag = &raw mut scratch.frag;
@@ -263,7 +299,10 @@ fn frag_key(scratch: &mut Scratch, id: u32) {
     unsafe {
         words::copy16(&raw mut (*frag).src_be, &raw const ip.src);
         words::copy16(&raw mut (*frag).dst_be, &raw const ip.dst);
-        words::store64::<FRAG_KEY_TAIL>(frag.cast(), u64::from(id) | u64::from(ip.proto) << 32);
+        words::store64::<FRAG_KEY_TAIL>(
+            frag.cast(),
+            u64::from(id) | u64::from(ip.frag_proto) << 32,
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //! mapped), the upper-layer protocol and where it starts, and the fragment a packet is.
 //!
 //! IPv4 options are skipped by IHL; IPv6 extension headers (hop-by-hop, destination options,
-//! routing without segments left, fragment, AH) are walked, at most [`MAX_EXT_HEADERS`].
+//! routing without segments left, fragment, AH) are walked, at most [`MAX_EXT_HEADERS`], and
+//! in a later fragment no further than its Fragment header: what follows it is payload.
 
 use aya_ebpf::programs::XdpContext;
 use vipwire_common::l4::v4_mapped;
@@ -75,6 +76,10 @@ pub struct Ip {
     /// Offset of the upper-layer header in the frame; read it with [`Ip::l4`].
     l4: usize,
     pub fragment: Fragment,
+    /// The protocol a fragment is keyed by (`FragKey::proto`): IPv4's protocol, IPv6's
+    /// Fragment header's next header. Every fragment of a datagram carries the same one,
+    /// while the upper layer may sit behind extension headers only the first one has.
+    pub frag_proto: u8,
     /// Bytes of the IP datagram (header included), for the byte counters.
     pub len: u32,
 }
@@ -139,6 +144,7 @@ pub fn ipv4(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
     out.proto = hdr.proto;
     out.l4 = ETH_HLEN + ihl * 4;
     out.fragment = fragment;
+    out.frag_proto = hdr.proto;
     out.len = u32::from(u16::from_be_bytes(hdr.total_len_be));
     Some(())
 }
@@ -152,21 +158,25 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
     if hdr.vtc_flow[0] >> 4 != 6 {
         return None;
     }
-    // An IPv4-mapped destination is never routed (RFC 4291 2.5.5.2): not for the IPv4
-    // frontend whose key it would match.
+    // IPv4-mapped addresses are never routed (RFC 4291 2.5.5.2). A mapped destination is
+    // not for the IPv4 frontend whose key it would match; from a mapped source, a flow would
+    // be tracked as an IPv4 client's and the TC programs, which pick the address family
+    // from the client's address, would route it as IPv4.
     const MAPPED: [u8; 16] = v4_mapped([0; 4]);
+    const MAPPED_WORD: u32 = u32::from_le_bytes([MAPPED[8], MAPPED[9], MAPPED[10], MAPPED[11]]);
     let frame = ip.cast::<u8>();
-    // SAFETY: ptr_at checked the whole header; the destination is at 24..40.
+    // SAFETY: ptr_at checked the whole header; the source is at 8..24, the destination at
+    // 24..40.
     if unsafe {
-        words::load64::<24>(frame) == 0
-            && words::load32::<32>(frame)
-                == u32::from_le_bytes([MAPPED[8], MAPPED[9], MAPPED[10], MAPPED[11]])
+        (words::load64::<24>(frame) == 0 && words::load32::<32>(frame) == MAPPED_WORD)
+            || (words::load64::<8>(frame) == 0 && words::load32::<16>(frame) == MAPPED_WORD)
     } {
         return None;
     }
     let mut proto = hdr.next_header;
     let mut offset = ETH_HLEN + size_of::<Ipv6Hdr>();
     let mut fragment = Fragment::Whole;
+    let mut frag_proto = 0;
     for _ in 0..MAX_EXT_HEADERS {
         match proto {
             IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING | IPPROTO_AH => {
@@ -200,6 +210,7 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
                     Fragment::Whole
                 };
                 proto = frag[0];
+                frag_proto = frag[0];
                 offset += 8;
             }
             _ => break,
@@ -207,11 +218,18 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
         if offset > MAX_L4_OFFSET {
             return None;
         }
+        // A later fragment has only payload after its Fragment header; `proto` then names
+        // the first header of the datagram's fragmentable part, and only the key is used.
+        if let Fragment::Later { .. } = fragment {
+            break;
+        }
     }
-    if matches!(
-        proto,
-        IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING | IPPROTO_AH | IPPROTO_FRAGMENT
-    ) {
+    if !matches!(fragment, Fragment::Later { .. })
+        && matches!(
+            proto,
+            IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING | IPPROTO_AH | IPPROTO_FRAGMENT
+        )
+    {
         return None;
     }
     out.v6 = true;
@@ -223,6 +241,7 @@ pub fn ipv6(ctx: &XdpContext, out: &mut Ip) -> Option<()> {
     out.proto = proto;
     out.l4 = offset;
     out.fragment = fragment;
+    out.frag_proto = frag_proto;
     out.len = u32::from(u16::from_be_bytes(hdr.payload_len_be)) + size_of::<Ipv6Hdr>() as u32;
     Some(())
 }

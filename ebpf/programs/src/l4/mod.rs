@@ -6,6 +6,10 @@
 //! backend from ClientIP affinity or the service's Maglev table and is recorded in conntrack
 //! in both directions; later packets follow conntrack, so a flow stays on its backend when
 //! the endpoint set changes, until that backend is removed.
+//!
+//! A fragmented datagram is steered whole or passed whole: its first fragment's backend is
+//! recorded by IP id for the later fragments only once that fragment is known to be
+//! rewritable, and nothing at all is recorded for one that is not.
 
 mod csum;
 mod flow;
@@ -130,18 +134,32 @@ fn steer(ctx: &XdpContext, scratch: &mut maps::Scratch) -> u64 {
     if let Fragment::Later { id } = ip.fragment {
         return flow::later_fragment(scratch, id).pack();
     }
-    match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {}
+    let packed = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            steer_ports(ctx, scratch).map_or(Verdict::NONE, Verdict::pack)
+        }
         IPPROTO_ICMP if !ip.v6 => return Verdict::pass(Reason::IcmpError).pack(),
         IPPROTO_ICMPV6 if ip.v6 => return Verdict::pass(Reason::IcmpError).pack(),
-        _ => return Verdict::NONE,
+        _ => Verdict::NONE,
+    };
+    // A first fragment left to the kernel takes its datagram with it: the entry of an
+    // earlier datagram with the same id (IPv4 ids are 16 bits) must not pull its later
+    // fragments into a pod.
+    if let Fragment::First { id } = scratch.ip.fragment
+        && packed >> 32 != Reason::Steered as u64
+    {
+        flow::forget_fragment(scratch, id);
     }
-    steer_ports(ctx, scratch).map_or(Verdict::NONE, Verdict::pack)
+    packed
 }
 
 #[inline(always)]
 fn steer_ports(ctx: &XdpContext, scratch: &mut maps::Scratch) -> Option<Verdict> {
     let ip = &scratch.ip;
+    // A frame that ends before the port and checksum the DNAT writes (truncated, or a first
+    // fragment that splits the header: RFC 1858's tiny fragment) is not steered, decided
+    // before anything is recorded: a first fragment's whole datagram then goes to the kernel.
+    ptr_at::<u8>(ctx, ip.l4() + nat::rewritten_len(ip.proto) - 1)?;
     let ports = ptr_at::<[u8; 4]>(ctx, ip.l4())?;
     // SAFETY: bounds-checked by ptr_at.
     let ports = unsafe { *ports };

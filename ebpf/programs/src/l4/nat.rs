@@ -25,6 +25,17 @@ fn csum_offset(proto: u8) -> Option<usize> {
     }
 }
 
+/// Bytes of the upper-layer header the DNAT may write: the ports and the checksum (SCTP's
+/// CRC32c at 8..12). The steering path checks them before it records anything.
+#[inline(always)]
+pub fn rewritten_len(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => 18,
+        IPPROTO_UDP => 8,
+        _ => 12,
+    }
+}
+
 /// Rewrites the destination address to `addr` and, unless `port` is `None` (a later
 /// fragment), the destination port to `port`. False (and nothing written) when the packet is
 /// too short for a header that must change.
