@@ -1,8 +1,8 @@
 //! The L4 writer against the real BPF object and real pinned maps: what it writes after
-//! sequences of desired states, that a restarted writer recovers the same ids and writes
-//! nothing, and the TCX links of the delivery and reply programs (pinned, taken over, cleaned).
-//! Backends sit behind host veths with /32 (/128) routes, as a CNI sets pods up, so the route
-//! and driver lookups are the real ones.
+//! sequences of desired states, that a restarted writer recovers the same ids, writes
+//! nothing and hands out no id that flows still name, and the TCX links of the delivery and
+//! reply programs (pinned, taken over, cleaned). Backends sit behind host veths with /32
+//! (/128) routes, as a CNI sets pods up, so the route and driver lookups are the real ones.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -380,6 +380,92 @@ fn written_tables_steer_flows_and_keep_established_ones() {
     plane.apply_l4(&BTreeMap::new()).unwrap();
     let frame = flow(40000).frame();
     assert_eq!(run_xdp(&mut plane, &frame), (XDP_PASS, 0, frame));
+    plane.cleanup().unwrap();
+}
+
+/// Ids freed just before a restart may still be named by conntrack and affinity entries:
+/// a restarted agent must not hand them to another Service's pod, or an old flow (or an
+/// affined client) would land there.
+#[test]
+fn a_restart_does_not_reuse_ids_that_flows_still_name() {
+    use testkit::l4packets::{Flow, TCP};
+    require_root();
+    let dir = BpffsDir::new("l4reuse");
+    let pods = HostVeth::new("vl4", "r");
+    // Backend ids follow address order: a2, the one removed, gets the highest.
+    let (a1, b1, a2, c1) = (pod(14), pod(15), pod(16), pod(17));
+    for addr in [a1, b1, a2, c1] {
+        route_to(addr, pods.name());
+    }
+    // Service ids follow frontend order: sticky, the one removed, gets the highest.
+    let (web, sticky, other) = (
+        frontend("192.0.2.82", 80),
+        frontend("192.0.2.84", 80),
+        frontend("192.0.2.85", 80),
+    );
+    let affine = |backends: &[(IpAddr, BackendState)]| {
+        let mut s = DesiredService::clone(&service(backends));
+        s.session_affinity = Some(std::time::Duration::from_secs(600));
+        Arc::new(s)
+    };
+    let active = BackendState::Active;
+    let flow = |dst: &Frontend, sport| Flow {
+        src: "198.51.100.10".parse().unwrap(),
+        dst: dst.vip,
+        sport,
+        dport: 80,
+        proto: TCP,
+    };
+
+    let mut plane = open(&dir);
+    plane
+        .apply_l4(&BTreeMap::from([
+            (web, service(&[(a1, active), (b1, active), (a2, active)])),
+            (sticky, affine(&[(b1, active)])),
+        ]))
+        .unwrap();
+    let ids = backends(&dir);
+    let a2_id = id_of(&ids, a2);
+    assert_eq!(a2_id, *ids.keys().max().unwrap());
+    let sticky_id = services(&dir)[&(v4_mapped([192, 0, 2, 84]), 80)].id;
+    assert_eq!(
+        sticky_id,
+        services(&dir).values().map(|v| v.id).max().unwrap()
+    );
+    // A flow to web pinned to a2, and the client affined to b1 through sticky.
+    let a2_flow = (40000..40200)
+        .find(|&sport| run_xdp(&mut plane, &flow(&web, sport).frame()).1 == a2_id)
+        .expect("a flow on a2");
+    assert_eq!(
+        run_xdp(&mut plane, &flow(&sticky, 41000).frame()).1,
+        id_of(&ids, b1)
+    );
+
+    // a2 and sticky go (b1 stays: web lists it), then the agent restarts.
+    let kept = (web, service(&[(a1, active), (b1, active)]));
+    plane.apply_l4(&BTreeMap::from([kept.clone()])).unwrap();
+    drop(plane);
+    let mut plane = open(&dir);
+    plane
+        .apply_l4(&BTreeMap::from([kept, (other, affine(&[(c1, active)]))]))
+        .unwrap();
+    let ids = backends(&dir);
+    let c1_id = id_of(&ids, c1);
+    let other_id = services(&dir)[&(v4_mapped([192, 0, 2, 85]), 80)].id;
+    // The old flow is re-balanced onto web's pods; the client's first flow to other goes to
+    // other's pod.
+    let moved = run_xdp(&mut plane, &flow(&web, a2_flow).later_frame()).1;
+    assert!(
+        [id_of(&ids, a1), id_of(&ids, b1)].contains(&moved),
+        "web's old flow went to backend {moved} (c1 is {c1_id})"
+    );
+    let affined = run_xdp(&mut plane, &flow(&other, 41001).frame()).1;
+    assert_eq!(affined, c1_id, "other's new flow went to backend {affined}");
+    assert_ne!(
+        c1_id, a2_id,
+        "a2's id, still in conntrack, went to another pod"
+    );
+    assert_ne!(other_id, sticky_id, "sticky's id went to another service");
     plane.cleanup().unwrap();
 }
 

@@ -2,8 +2,33 @@
 //! handed out again until the whole space has been used. Conntrack entries outlive the
 //! services and backends they name; an id reused at once would send a stale flow to another
 //! pod, an id reused after a full lap has long been aged out of the LRU.
+//!
+//! A restarted agent does not know where the last one stopped. It continues after the
+//! highest id the pinned maps name: the services and backends, and also the flow maps
+//! (conntrack, affinity, fragments, [`Referenced`]), which keep naming ids whose entries were
+//! removed shortly before the restart. Reading those maps back costs one walk at start
+//! (about 0.3 s for a full 262,144-entry conntrack map) but needs no map of its own: a
+//! persisted high-water mark would be a contract change, written on the apply path, and
+//! missing after an upgrade from an agent that never wrote it; a kernel check that a flow's
+//! backend still belongs to its service would need that membership in a map per packet.
 
 use std::collections::BTreeSet;
+
+/// The highest ids the flow maps (conntrack, affinity, fragments) name, 0 for none: flows
+/// and clients may still be pinned to them though their services and backends are gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Referenced {
+    pub service: u32,
+    pub backend: u32,
+}
+
+impl Referenced {
+    /// Takes the ids of one flow-map entry into account.
+    pub fn note(&mut self, service: u32, backend: u32) {
+        self.service = self.service.max(service);
+        self.backend = self.backend.max(backend);
+    }
+}
 
 /// Ids in `first..=last`, never 0.
 #[derive(Clone, Debug)]
@@ -11,6 +36,8 @@ pub struct Ids {
     first: u32,
     last: u32,
     next: u32,
+    /// The highest id recovery has seen (0: none), which allocation continues after.
+    recovered: u32,
     used: BTreeSet<u32>,
 }
 
@@ -22,6 +49,7 @@ impl Ids {
             first,
             last: last.max(first),
             next: first,
+            recovered: 0,
             used: BTreeSet::new(),
         }
     }
@@ -29,23 +57,35 @@ impl Ids {
     /// Marks `id` as taken (read back from a pinned map) and continues after the highest
     /// id seen, so ids freed before a restart are not reused right after it either.
     pub fn recover(&mut self, id: u32) {
-        if id < self.first || id > self.last {
-            return;
+        if self.contains(id) {
+            self.used.insert(id);
+            self.continue_after(id);
         }
-        self.used.insert(id);
-        if let Some(&max) = self.used.last() {
-            self.next = if max >= self.last {
-                self.first
-            } else {
-                max + 1
-            };
+    }
+
+    /// Continues after `id` if it is the highest seen, without marking it taken: an id a
+    /// flow map still names though its entry is gone (it is free, but not soon again).
+    pub fn recover_referenced(&mut self, id: u32) {
+        if self.contains(id) {
+            self.continue_after(id);
+        }
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+
+    fn continue_after(&mut self, id: u32) {
+        if id > self.recovered {
+            self.recovered = id;
+            self.next = if id >= self.last { self.first } else { id + 1 };
         }
     }
 
     /// Marks `id` as taken without moving the allocation point (a map re-read while
     /// running: ids freed since must still not come back soon).
     pub fn mark(&mut self, id: u32) {
-        if (self.first..=self.last).contains(&id) {
+        if self.contains(id) {
             self.used.insert(id);
         }
     }
@@ -109,5 +149,22 @@ mod tests {
         let mut full = Ids::new(1, 3);
         full.recover(3);
         assert_eq!(full.allocate(), Some(1));
+    }
+
+    #[test]
+    fn recovery_continues_after_ids_only_flows_still_name() {
+        let mut ids = Ids::new(1, 100);
+        ids.recover(2);
+        ids.recover_referenced(5);
+        ids.recover_referenced(4);
+        ids.recover_referenced(0);
+        ids.recover_referenced(1000);
+        ids.recover(3);
+        assert_eq!(ids.allocate(), Some(6));
+        assert_eq!(ids.in_use(), 3, "5 is not taken, only passed");
+        let mut wrapped = Ids::new(1, 3);
+        wrapped.recover(1);
+        wrapped.recover_referenced(3);
+        assert_eq!(wrapped.allocate(), Some(2), "wraps, skipping the taken 1");
     }
 }

@@ -1,10 +1,10 @@
-//! The IO half of the L4 writer: reading the pinned maps back into a [`Mirror`], and issuing
-//! one [`Op`] against the maps.
+//! The IO half of the L4 writer: reading the pinned maps back into a [`Mirror`] (and the ids
+//! the flow maps name), and issuing one [`Op`] against the maps.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{
         Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
@@ -14,14 +14,17 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use vipwire_common::{
     l4::{
-        BackendValue, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey,
-        ServiceStats, ServiceValue, SourceRange, VipFilter,
+        AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BackendValue, CONNTRACK_MAX_ENTRIES,
+        CtKey, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue, IPPROTO_SCTP, IPPROTO_TCP,
+        IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
+        VipFilter,
     },
     maps,
 };
 
 use super::{
     L4Error,
+    ids::Referenced,
     mirror::{MaglevInput, Mirror, Op, addr16, fingerprint, from_addr16},
 };
 use crate::model::{Frontend, Protocol};
@@ -184,6 +187,67 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
         }
     }
     Ok(mirror)
+}
+
+/// How many times its size a flow-map walk may step before it is cut off.
+const WALK_LAPS: usize = 4;
+
+/// The highest ids the flow maps name. The XDP program keeps adding entries meanwhile, but
+/// only for backends in the maps, which recovery counts anyway (no agent writes them now).
+pub(super) fn referenced(ebpf: &Ebpf) -> Result<Referenced, L4Error> {
+    let started = Instant::now();
+    let mut referenced = Referenced::default();
+    walk::<CtKey, CtValue>(ebpf, maps::CONNTRACK, CONNTRACK_MAX_ENTRIES, |_, v| {
+        referenced.note(v.service_id, v.backend_id);
+    })?;
+    walk::<AffinityKey, AffinityValue>(ebpf, maps::AFFINITY, AFFINITY_MAX_ENTRIES, |k, v| {
+        referenced.note(k.service_id, v.backend_id);
+    })?;
+    walk::<FragKey, FragValue>(ebpf, maps::FRAGMENTS, FRAGMENTS_MAX_ENTRIES, |_, v| {
+        referenced.note(v.service_id, v.backend_id);
+    })?;
+    tracing::debug!(
+        service = referenced.service,
+        backend = referenced.backend,
+        ms = started.elapsed().as_millis() as u64,
+        "highest ids the flow maps name"
+    );
+    Ok(referenced)
+}
+
+/// Calls `note` for each entry of the hash map `name`. A walk starts over when the key it
+/// stands on goes between two steps, so under heavy churn it stops after [`WALK_LAPS`] times
+/// the map's size. What it may miss then is what the LRU evicts first: an entry naming a
+/// removed id has seen no packet since (a packet would have re-balanced and rewritten it).
+fn walk<K: Pod, V: Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    max_entries: u32,
+    mut note: impl FnMut(&K, &V),
+) -> Result<(), L4Error> {
+    let map = ebpf.map(name).ok_or(L4Error::MissingMap(name))?;
+    let map = HashMap::<_, K, V>::try_from(map).map_err(|e| map_error(name, e))?;
+    let limit = max_entries as usize * WALK_LAPS;
+    let mut steps = 0;
+    for key in map.keys() {
+        let key = key.map_err(|e| map_error(name, e))?;
+        match map.get(&key, 0) {
+            Ok(value) => note(&key, &value),
+            // Evicted since the walk reached it.
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(name, e)),
+        }
+        steps += 1;
+        if steps == limit {
+            tracing::warn!(
+                map = name,
+                steps,
+                "map walk cut off: entries change too fast"
+            );
+            break;
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn service_key(frontend: &Frontend) -> ServiceKey {

@@ -3,7 +3,9 @@
 //!
 //! - Ids: a service id per frontend (`1..SERVICE_IDS`), a backend id per (pod address, target
 //!   port), both monotonic with wrap ([`ids`]) and read back from the pinned maps on start
-//!   ([`L4Writer::recover`]), so flows in conntrack keep pointing at the same pods.
+//!   ([`L4Writer::recover`]), so flows in conntrack keep pointing at the same pods. New ids
+//!   continue after the highest that conntrack, affinity and fragment entries name: a flow
+//!   to a pod removed just before a restart never reaches another pod under its id.
 //! - Delta: the writer keeps a mirror of what it wrote ([`Mirror`], Maglev chunks as
 //!   fingerprints) and a digest of each frontend's desired state; an apply replans only the
 //!   frontends the caller says may have changed and whose digest did change, and emits only
@@ -92,8 +94,10 @@ impl L4Writer {
     /// state, or nothing), with `maglev_size` (one of `l4::MAGLEV_SIZES`) as the table floor.
     pub fn recover(ebpf: &mut Ebpf, maglev_size: u32) -> Result<Self, L4Error> {
         let mirror = kernel::read(ebpf)?;
+        // After the mirror: flows started since name only backends it already holds.
+        let referenced = kernel::referenced(ebpf)?;
         Ok(Self {
-            planner: plan::Planner::new(maglev_size, mirror),
+            planner: plan::Planner::new(maglev_size, mirror, referenced),
         })
     }
 

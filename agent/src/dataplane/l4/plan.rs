@@ -24,7 +24,7 @@ use vipwire_common::l4::{
 use super::{
     L4Error, ServiceView,
     counts::{Counts, TouchedIds, keys},
-    ids::Ids,
+    ids::{Ids, Referenced},
     mirror::{Mirror, Op, addr16, backend_key},
     view::{Source, Views},
 };
@@ -94,15 +94,19 @@ pub(super) struct Planner {
 }
 
 impl Planner {
-    pub(super) fn new(configured_size: u32, mirror: Mirror) -> Self {
+    /// A planner over what the maps hold (`mirror`), handing out ids after those the flow
+    /// maps still name (`referenced`).
+    pub(super) fn new(configured_size: u32, mirror: Mirror, referenced: Referenced) -> Self {
         let mut service_ids = Ids::new(1, SERVICE_IDS - 1);
         for value in mirror.services.values() {
             service_ids.recover(value.id);
         }
+        service_ids.recover_referenced(referenced.service);
         let mut backend_ids = Ids::new(1, u32::MAX);
         for &id in mirror.backends.keys() {
             backend_ids.recover(id);
         }
+        backend_ids.recover_referenced(referenced.backend);
         let mut planner = Self {
             configured_size,
             mirror: Mirror::default(),

@@ -11,6 +11,7 @@ use vipwire_common::l4::{BackendValue, MAGLEV_CHUNK_SLOTS, ServiceValue, vip_fil
 
 use super::super::{
     Plan,
+    ids::Referenced,
     mirror::{ChunkSlots, MaglevInput, Mirror, Op, addr16, fingerprint},
     plan::{Planner, chunks},
 };
@@ -145,8 +146,13 @@ impl Fake {
 
     /// A planner started over `maps` (its mirror may differ: edited behind its back).
     pub fn over(size: u32, mirror: Mirror, maps: Maps) -> Self {
+        Self::restarted(size, mirror, maps, Referenced::default())
+    }
+
+    /// [`Fake::over`], with flow-map entries naming the ids in `referenced`.
+    pub fn restarted(size: u32, mirror: Mirror, maps: Maps, referenced: Referenced) -> Self {
         Self {
-            planner: Planner::new(size, mirror),
+            planner: Planner::new(size, mirror, referenced),
             maps,
         }
     }

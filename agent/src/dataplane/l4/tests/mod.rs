@@ -10,7 +10,7 @@ use vipwire_common::l4::{
 };
 
 use self::fake::{Fake, Maps};
-use super::{Mirror, Op};
+use super::{Mirror, Op, ids::Referenced};
 use crate::{
     model::{Backend, BackendState, DesiredService, Frontend, Protocol, TargetPort, TrafficPolicy},
     snapshot::ObjectKey,
@@ -242,6 +242,32 @@ fn a_restarted_planner_over_the_same_maps_writes_nothing_and_keeps_ids() {
         restarted.mirror().services[&frontend("192.0.2.9", 80)].id,
         4
     );
+}
+
+#[test]
+fn a_restarted_planner_skips_ids_that_flows_still_name() {
+    let mut planner = Fake::new(251, Mirror::default());
+    let (web, gone) = (frontend("192.0.2.1", 80), frontend("192.0.2.2", 80));
+    let desired = BTreeMap::from([
+        (web, service(active(&["10.0.0.2"]))),
+        (gone, service(active(&["10.0.0.3"]))),
+    ]);
+    planner.apply(&desired);
+    // The newest service and backend (ids 2) go; conntrack and affinity still name them.
+    let fewer = BTreeMap::from([(web, desired[&web].clone())]);
+    planner.apply(&fewer);
+    let mirror = planner.mirror().clone();
+    let referenced = Referenced {
+        service: 2,
+        backend: 2,
+    };
+    let mut restarted = Fake::restarted(251, mirror, planner.maps.clone(), referenced);
+    let mut more = fewer.clone();
+    more.insert(frontend("192.0.2.9", 80), service(active(&["10.0.0.9"])));
+    restarted.apply(&more);
+    let mirror = restarted.mirror();
+    assert_eq!(mirror.services[&frontend("192.0.2.9", 80)].id, 3);
+    assert_eq!(mirror.backends.keys().copied().collect::<Vec<_>>(), [1, 3]);
 }
 
 #[test]
