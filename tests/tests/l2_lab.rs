@@ -336,6 +336,20 @@ fn cleanup_on_exit_detaches_and_unpins() {
     stops_cleanly_on(libc::SIGTERM, "cleanup");
 }
 
+/// Something among the links that is not a link (a directory someone made there) does not
+/// stop the cleanup half-way: it goes too, and so does everything else.
+#[test]
+fn cleanup_on_exit_removes_a_stray_entry_among_the_links() {
+    let lab = lab("stray");
+    let mut agent = lab.start_agent("agent.log", &["--cleanup-on-exit"]);
+    let prober = ArpProber::open(&lab.client, "eth0", Ipv4Addr::new(10, 0, 0, 1));
+    lab.wait_answering(&prober, &mut agent);
+    std::fs::create_dir(lab.bpffs.path().join("links/stray")).unwrap();
+    let status = agent.stop(Duration::from_secs(5)).expect("exit status");
+    assert!(status.success(), "clean exit: {status}");
+    assert!(!lab.bpffs.path().exists(), "everything unpinned");
+}
+
 #[test]
 fn sigint_stops_the_agent_as_cleanly_as_sigterm() {
     stops_cleanly_on(libc::SIGINT, "sigint");

@@ -272,6 +272,13 @@ fn validate(
                 format!("{name:?} is not an interface name"),
             ));
         }
+        // Twice would attach twice: the second finds the first's link and reports a restart.
+        if interfaces[..i].contains(name) {
+            return Err(invalid(
+                format!("interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
     }
     let l2 = raw.l2.unwrap_or(RawL2 {
         enabled: None,

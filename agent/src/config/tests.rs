@@ -146,6 +146,7 @@ fn bad_input_names_the_field() {
         ("interfaces: [eth0]\nbogus: 1\n", "bogus"),
         ("interfaces: []\n", "interfaces"),
         ("interfaces: [\"this-name-is-too-long\"]\n", "interfaces[0]"),
+        ("interfaces: [eth0, eth1, eth0]\n", "interfaces[2]"),
         ("interfaces: [eth0]\nbgp: {asn: 0}\n", "bgp.asn"),
         (
             "interfaces: [eth0]\nbgp: {asn: 1, routerId: nope}\n",

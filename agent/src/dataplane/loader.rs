@@ -420,7 +420,16 @@ impl Dataplane {
         let Self { ebpf, paths, .. } = self;
         if let Ok(entries) = std::fs::read_dir(paths.links_dir()) {
             for entry in entries.flatten() {
-                unpin_link(&entry.path())?;
+                let path = entry.path();
+                if let Err(err) = unpin_link(&path) {
+                    // Not a link (a directory, say): remove it all the same, and go on.
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %crate::error_chain(&err),
+                        "not a pinned link; removing it"
+                    );
+                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                }
             }
         }
         drop(ebpf);
