@@ -72,6 +72,22 @@ impl Default for Shape<'_> {
 pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0c];
 pub const NODE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0d];
 
+/// An address literal.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+/// A flow between two address literals.
+pub fn flow(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> Flow {
+    Flow {
+        src: ip(src),
+        dst: ip(dst),
+        sport,
+        dport,
+        proto,
+    }
+}
+
 impl Flow {
     /// The flow's first packet (for TCP a SYN).
     pub fn frame(&self) -> Vec<u8> {

@@ -3,12 +3,10 @@
 //! so incremental checksum updates must equal full recomputation) and every checksum
 //! re-verified independently (testkit::l4packets::verify).
 
-use std::net::IpAddr;
-
 use aya::maps::{HashMap, MapData};
 use testkit::{
     bpf::{LO_IFINDEX, Verdict, XdpHarness},
-    l4packets::{self, Flow, Frag, SCTP, Shape, TCP, UDP, icmp_error, ports, verify},
+    l4packets::{self, Flow, Frag, SCTP, Shape, TCP, UDP, flow, icmp_error, ip, ports, verify},
     l4tables::{
         CLIENT4, CLIENT6, VIP4, VIP6, conntrack, ct_forward, ct_reverse, fill_maglev,
         fixture_tables as setup, remove_backend, service_stats,
@@ -19,20 +17,6 @@ use vipwire_common::{
     l4::{BackendValue, XDP_META_MAGIC, XdpMeta},
     maps,
 };
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address literal")
-}
-
-fn flow(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> Flow {
-    Flow {
-        src: ip(src),
-        dst: ip(dst),
-        sport,
-        dport,
-        proto,
-    }
-}
 
 /// What a case must produce.
 enum Expect {

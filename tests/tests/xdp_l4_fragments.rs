@@ -5,11 +5,9 @@
 //! IPv6 later fragment's payload looks like. Exact output bytes and the one counter that
 //! moves, as in xdp_l4_fixtures.
 
-use std::net::IpAddr;
-
 use testkit::{
     bpf::{LO_IFINDEX, Verdict, XdpHarness},
-    l4packets::{Flow, Frag, SCTP, Shape, TCP, TCP_ACK, UDP, fold, sum16, verify},
+    l4packets::{Flow, Frag, SCTP, Shape, TCP, TCP_ACK, UDP, flow, fold, ip, sum16, verify},
     l4tables::{
         CLIENT4, CLIENT6, VIP4, VIP6, conntrack, ct_forward, fixture_tables, service_stats,
     },
@@ -18,20 +16,6 @@ use vipwire_common::{
     Reason,
     l4::{XDP_META_MAGIC, XdpMeta},
 };
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address literal")
-}
-
-fn flow(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> Flow {
-    Flow {
-        src: ip(src),
-        dst: ip(dst),
-        sport,
-        dport,
-        proto,
-    }
-}
 
 fn frag(frag: Frag) -> Shape<'static> {
     Shape {

@@ -14,18 +14,17 @@ use vipwire_common::l4::{
     CT_REVERSE, CtKey, CtValue, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, v4_mapped,
 };
 
-use crate::l4::{Delta, Ipv4Hdr, Ipv6Hdr, maps};
+use crate::l4::{
+    Delta, Ipv4Hdr, Ipv6Hdr,
+    icmp::{
+        ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
+        ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, quoted_checksum_offset,
+        update_quoted_checksum,
+    },
+    maps,
+};
 
 const ETH_HLEN: usize = 14;
-/// ICMP and ICMPv6 headers before the quoted packet.
-const ICMP_HLEN: usize = 8;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_TIME_EXCEEDED: u8 = 3;
 
 /// Rewrites an ICMP (`v6`: ICMPv6) error about a tracked flow and puts its new source (the
 /// VIP, IPv4-mapped for IPv4) in `vip`; false: not one, left untouched.
@@ -177,28 +176,17 @@ fn quotable(proto: u8) -> bool {
 }
 
 /// Updates the quoted TCP/UDP checksum when the quote includes it; returns the change to the
-/// field, which the ICMP checksum also covers. (SCTP's CRC32c covers the whole packet, which
-/// a quote rarely holds: left as quoted.)
+/// field (`crate::l4::icmp` does the same for errors to a VIP).
 #[inline(always)]
 fn rewrite_quoted_checksum(ctx: &TcContext, inner_l4: usize, proto: u8, delta: Delta) -> Delta {
-    let at = match proto {
-        IPPROTO_TCP => 16,
-        IPPROTO_UDP => 6,
-        _ => return Delta::new(),
-    };
-    let Some(check) = ptr_at::<[u8; 2]>(ctx, inner_l4 + at) else {
+    let Some(at) = quoted_checksum_offset(proto) else {
         return Delta::new();
     };
-    // SAFETY: bounds-checked by ptr_at.
-    let old = unsafe { *check };
-    let new = if proto == IPPROTO_UDP {
-        delta.apply_udp(old)
-    } else {
-        delta.apply(old)
-    };
-    // SAFETY: as above.
-    unsafe { *check = new };
-    Delta::new().replace(&old, &new)
+    match ptr_at::<[u8; 2]>(ctx, inner_l4 + at) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(check) => unsafe { update_quoted_checksum(check, proto, delta) },
+        None => Delta::new(),
+    }
 }
 
 /// A pointer to a `T` at `at` in the packet, if the linear data holds it.

@@ -31,9 +31,9 @@ use vipwire_common::{
 
 use crate::{
     counters,
-    l4::{maps, sctp_port_changed},
+    l4::{IPPROTO_ICMP, IPPROTO_ICMPV6, maps, sctp_port_changed},
     tc::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, send_to_client},
-    tc_icmp::{self, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    tc_icmp,
 };
 
 /// IPv6 fragment header.

@@ -22,13 +22,13 @@ use crate::{
     parse::{ETH_HLEN, ptr_at},
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
 /// ICMP and ICMPv6 headers before the quoted packet.
-const ICMP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
 
 /// An IPv4 ICMP error to a VIP: rewritten for the flow's backend; a packed verdict, or
 /// [`Verdict::NONE`] (not ours).
@@ -188,22 +188,42 @@ fn ports_ptr(ctx: &XdpContext, at: usize) -> Option<*mut [u8; 2]> {
 /// change to the field, which the ICMP checksum also covers.
 #[inline(always)]
 fn rewrite_quoted_checksum(ctx: &XdpContext, inner_l4: usize, proto: u8, delta: Delta) -> Delta {
-    let at = match proto {
-        IPPROTO_TCP => 16,
-        IPPROTO_UDP => 6,
-        _ => return Delta::new(),
-    };
-    let Some(check) = ptr_at::<[u8; 2]>(ctx, inner_l4 + at) else {
+    let Some(at) = quoted_checksum_offset(proto) else {
         return Delta::new();
     };
-    // SAFETY: bounds-checked by ptr_at.
+    match ptr_at::<[u8; 2]>(ctx, inner_l4 + at) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(check) => unsafe { update_quoted_checksum(check, proto, delta) },
+        None => Delta::new(),
+    }
+}
+
+/// Where a quoted header of `proto` keeps its checksum; `None`: none an address or port
+/// change touches (SCTP's CRC32c covers the whole packet, which a quote rarely holds).
+#[inline(always)]
+pub fn quoted_checksum_offset(proto: u8) -> Option<usize> {
+    match proto {
+        IPPROTO_TCP => Some(16),
+        IPPROTO_UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// Applies `delta` to the quoted checksum at `check` (UDP's "no checksum" stays 0) and
+/// returns the change to the field, which the ICMP checksum also covers.
+///
+/// # Safety
+/// `check` points at two writable bytes of the packet.
+#[inline(always)]
+pub unsafe fn update_quoted_checksum(check: *mut [u8; 2], proto: u8, delta: Delta) -> Delta {
+    // SAFETY: the caller's.
     let old = unsafe { *check };
     let new = if proto == IPPROTO_UDP {
         delta.apply_udp(old)
     } else {
         delta.apply(old)
     };
-    // SAFETY: as above.
+    // SAFETY: the caller's.
     unsafe { *check = new };
     Delta::new().replace(&old, &new)
 }

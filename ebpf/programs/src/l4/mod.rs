@@ -14,7 +14,7 @@
 mod csum;
 mod flow;
 mod headers;
-mod icmp;
+pub mod icmp;
 pub mod maps;
 mod nat;
 mod sctp;
@@ -28,10 +28,10 @@ use vipwire_common::{
     },
 };
 
-use self::headers::{Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6};
+use self::headers::Fragment;
 pub use self::{
     csum::Delta,
-    headers::{Ipv4Hdr, Ipv6Hdr},
+    headers::{IPPROTO_ICMP, IPPROTO_ICMPV6, Ipv4Hdr, Ipv6Hdr},
     sctp::port_changed as sctp_port_changed,
 };
 use crate::{Verdict, parse::ptr_at};
