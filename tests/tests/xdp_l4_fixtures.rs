@@ -547,5 +547,14 @@ fn fragmented_replies_leave_from_the_vip_whole() {
             ..Shape::default()
         });
         assert_eq!(h.run_tc(TC_REPLY, &unseen).1, unseen, "{client}: unseen");
+        // The same id again, on a datagram of no tracked flow: all of it stays as it is.
+        let untracked = flow(pod, client, 5353, 47004, UDP);
+        for frag in [Frag::First(0x99), Frag::Later(0x99)] {
+            let frame = untracked.frame_with(Shape {
+                frag,
+                ..Shape::default()
+            });
+            assert_eq!(h.run_tc(TC_REPLY, &frame).1, frame, "{client}: reused id");
+        }
     }
 }

@@ -30,8 +30,9 @@ const ETH_HLEN: usize = 14;
 /// VIP, IPv4-mapped for IPv4) in `vip`; false: not one, left untouched.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, v6: bool, vip: &mut [u8; 16]) -> bool {
-    // The pod's kernel builds an error in one buffer, but direct access needs it linear.
-    if ctx.pull_data(0).is_err() {
+    // The pod's kernel builds an error in one buffer, but direct access needs all of it in
+    // the linear part (a length of 0 would only make that part writable).
+    if ctx.pull_data(ctx.len()).is_err() {
         return false;
     }
     let rewritten = if v6 { rewrite_v6(ctx) } else { rewrite_v4(ctx) };

@@ -126,7 +126,9 @@ fn headers_into(ctx: &TcContext, h: &mut Headers) -> Option<()> {
         h.src = v4_mapped([addrs[0], addrs[1], addrs[2], addrs[3]]);
         h.dst = v4_mapped([addrs[4], addrs[5], addrs[6], addrs[7]]);
         h.l4 = ETH_HLEN + ihl;
-        h.l4_len = u32::from(u16::from_be_bytes(total)).checked_sub(ihl)?;
+        // 0 for an IPv4 BIG TCP packet (over 64 KiB, its length is the skb's): only SCTP's
+        // CRC update needs the length, and SCTP has no such packets.
+        h.l4_len = u32::from(u16::from_be_bytes(total)).saturating_sub(ihl);
         h.id = u32::from(u16::from_be_bytes(id));
         h.proto = ctx.load(ip + 9).ok()?;
         let offset = u16::from_be_bytes([frag[0] & 0x1f, frag[1]]);
@@ -168,9 +170,16 @@ fn fragment(offset: u16, more: bool) -> Fragment {
 #[inline(never)]
 fn flow_packet(ctx: &TcContext, h: &Headers) -> i64 {
     let h = *h;
-    // An SCTP fragment: its CRC32c covers the whole datagram, which no fragment holds.
+    if h.fragment == Fragment::First {
+        // The id may be one an earlier datagram had (IPv4's are 16 bits): whatever it
+        // recorded must not rewrite the fragments of this one unless this one is ours.
+        let _ = maps::REPLY_FRAGMENTS.remove(&fragment_key(&h));
+    }
+    // An SCTP fragment: its CRC32c covers the whole datagram, which no fragment holds. An
+    // SCTP packet without a length (no total length in its IPv4 header): its CRC update needs
+    // one.
     if !matches!(h.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
-        || (h.proto == IPPROTO_SCTP && h.fragment != Fragment::Whole)
+        || (h.proto == IPPROTO_SCTP && (h.fragment != Fragment::Whole || h.l4_len == 0))
     {
         return NOT_OURS;
     }
@@ -277,6 +286,17 @@ fn snat(
         IPPROTO_UDP => Some(l4 + 6),
         _ => None,
     };
+    // SCTP's new CRC32c first, so that nothing is written when it cannot be had. 0: the pod
+    // left the CRC to offload (a veth advertises it), and the kernel will compute it over the
+    // packet as it leaves, this field included; or RFC 9653's zero checksum. Either way it
+    // stays 0.
+    let mut sctp_crc = None;
+    if csum_at.is_none() && old_port != new_port {
+        let field: [u8; 4] = ctx.load(l4 as usize + 8).ok()?;
+        if field != [0; 4] {
+            sctp_crc = Some(sctp_port_changed(field, old_port, new_port, 0, h.l4_len)?);
+        }
+    }
     let udp = if h.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
@@ -308,12 +328,7 @@ fn snat(
                     .ok()?;
             }
             None => {
-                let field: [u8; 4] = ctx.load(l4 as usize + 8).ok()?;
-                // 0: the pod left the CRC32c to offload (a veth advertises it), and the
-                // kernel will compute it over the packet as it leaves, this field included;
-                // or RFC 9653's zero checksum. Either way it stays 0.
-                if field != [0; 4] {
-                    let crc = sctp_port_changed(field, old_port, new_port, 0, h.l4_len)?;
+                if let Some(crc) = sctp_crc {
                     ctx.store(l4 as usize + 8, &crc, 0).ok()?;
                 }
             }
