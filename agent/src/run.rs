@@ -357,21 +357,20 @@ fn reconcile(
         .changes()
         .map(|changes| changes.iter().map(|f| f.vip).collect::<BTreeSet<_>>());
     // A full map or a failed write must not stop the agent (that would only crash-loop it):
-    // say so, and diff against the maps' real content next time.
-    let delta = apply_l2(
+    // say so, announce what did go in, and diff against the maps' real content next time.
+    let (delta, failed) = apply_l2(
         plane,
         target.l2_written,
         config.l2.enabled,
         &desired.l2,
         vips.as_ref(),
-    )
-    .unwrap_or_else(|err| {
+    );
+    if let Some(err) = failed {
         tracing::error!(
             error = %crate::error_chain(&err),
             "L2 maps not fully written; retrying at the next reconcile"
         );
-        l2::L2Delta::default()
-    });
+    }
     // One line per VIP for a few; a mass takeover (the first reconcile) is summed up.
     let each = delta.added.len() + delta.removed.len() <= LOG_EACH;
     if !each {
@@ -447,20 +446,26 @@ fn reconcile(
 /// Brings the L2 maps to `vips` on every attachment. Diffs against `written` (what this agent
 /// wrote last: no kernel reads, cost of the change) when known, else against the kernel;
 /// against `written`, only the `changed` VIPs when given (the others are as written).
+/// Returns what it wrote, and the error it stopped at, if any (`written` is then `None`: the
+/// next reconcile diffs against the kernel).
 fn apply_l2(
     plane: &mut Dataplane,
     written: &mut Option<BTreeSet<IpAddr>>,
     enabled: bool,
     vips: &BTreeSet<IpAddr>,
     changed: Option<&BTreeSet<IpAddr>>,
-) -> Result<l2::L2Delta, RunError> {
+) -> (l2::L2Delta, Option<l2::L2Error>) {
     let none = BTreeSet::new();
     let vips = if enabled { vips } else { &none };
     let Some(known) = written.take() else {
         let entries = l2_entries(vips, plane.attachments());
-        let delta = l2::apply(plane.ebpf_mut(), &entries)?;
-        *written = Some(vips.clone());
-        return Ok(delta);
+        return match l2::apply(plane.ebpf_mut(), &entries) {
+            Ok(delta) => {
+                *written = Some(vips.clone());
+                (delta, None)
+            }
+            Err(partial) => (partial.written, Some(partial.error)),
+        };
     };
     let expand = |set: Vec<IpAddr>| {
         l2_entries(&set.into_iter().collect(), plane.attachments())
@@ -490,8 +495,9 @@ fn apply_l2(
         added: expand(added),
         removed: expand(removed),
     };
-    // On error `written` stays `None`: the next reconcile diffs against the kernel.
-    l2::write(plane.ebpf_mut(), &delta)?;
+    if let Err(partial) = l2::write(plane.ebpf_mut(), &delta) {
+        return (partial.written, Some(partial.error));
+    }
     let mut known = known;
     for entry in &delta.removed {
         known.remove(&entry.addr);
@@ -500,7 +506,7 @@ fn apply_l2(
         known.insert(entry.addr);
     }
     *written = Some(known);
-    Ok(delta)
+    (delta, None)
 }
 
 /// Every VIP on every attached interface (L2 answering is per interface).

@@ -376,8 +376,9 @@ fn stops_cleanly_on(signal: i32, name: &str) {
 }
 
 /// More (VIP, interface) pairs than the L2 map holds: the write fails part-way, the agent
-/// says so and keeps running (it used to exit, and a restart only failed again), and once
-/// the pairs fit again it writes them from the map's real content.
+/// says so and keeps running (it used to exit, and a restart only failed again), announces
+/// the VIPs that did go in, and once the pairs fit again it writes them from the map's real
+/// content.
 #[test]
 fn a_full_l2_map_is_logged_and_retried_not_fatal() {
     let lab = lab("full");
@@ -404,6 +405,16 @@ fn a_full_l2_map_is_logged_and_retried_not_fatal() {
     );
     std::thread::sleep(Duration::from_millis(500));
     agent.assert_running();
+    // The IPv4 map held `web`'s VIP and took all it had room for before it was full: those
+    // are taken over (announced, logged), not forgotten.
+    let log = std::fs::read_to_string(agent.log_path()).unwrap();
+    let taken = vipwire_common::l2::L2_VIP_MAX_ENTRIES - 1;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("L2 answering changed") && l.contains(&format!("added={taken}"))),
+        "the {taken} VIPs written before the map was full were taken over; log:\n{}",
+        agent.log_tail()
+    );
 
     // The big Service goes; one more VIP comes, and is answered.
     std::fs::remove_file(&big).unwrap();

@@ -70,32 +70,67 @@ pub fn current(ebpf: &mut Ebpf) -> Result<BTreeSet<L2Entry>, L2Error> {
     Ok(entries)
 }
 
+/// A write that stopped at `error` after writing `written`, the first part of its delta: the
+/// caller can still announce and log what did go in.
+#[derive(Debug)]
+pub struct PartialWrite {
+    pub written: L2Delta,
+    pub error: L2Error,
+}
+
+impl PartialWrite {
+    fn nothing(error: L2Error) -> Box<Self> {
+        Box::new(Self {
+            written: L2Delta::default(),
+            error,
+        })
+    }
+}
+
 /// Makes the kernel's pairs equal `desired`, touching only what differs.
-pub fn apply(ebpf: &mut Ebpf, desired: &BTreeSet<L2Entry>) -> Result<L2Delta, L2Error> {
-    let delta = diff(&current(ebpf)?, desired);
+pub fn apply(ebpf: &mut Ebpf, desired: &BTreeSet<L2Entry>) -> Result<L2Delta, Box<PartialWrite>> {
+    let current = current(ebpf).map_err(PartialWrite::nothing)?;
+    let delta = diff(&current, desired);
     write(ebpf, &delta)?;
     Ok(delta)
 }
 
 /// Writes a delta computed elsewhere (e.g. against what this agent wrote last, which saves
 /// reading every key back from the kernel on each change).
-pub fn write(ebpf: &mut Ebpf, delta: &L2Delta) -> Result<(), L2Error> {
+pub fn write(ebpf: &mut Ebpf, delta: &L2Delta) -> Result<(), Box<PartialWrite>> {
+    let stopped = |removed: usize, added: usize, error: L2Error| {
+        Box::new(PartialWrite {
+            written: L2Delta {
+                removed: delta.removed[..removed].to_vec(),
+                added: delta.added[..added].to_vec(),
+            },
+            error,
+        })
+    };
     // Remove first: a VIP moving between interfaces never briefly answers on both.
-    for entry in &delta.removed {
-        let result = match entry.addr {
-            IpAddr::V4(addr) => v4(ebpf)?.remove(&key4(addr, entry.ifindex)),
-            IpAddr::V6(addr) => v6(ebpf)?.remove(&key6(addr, entry.ifindex)),
-        };
-        result.map_err(|source| map_error(map_name(entry), source))?;
+    for (i, entry) in delta.removed.iter().enumerate() {
+        remove(ebpf, entry).map_err(|error| stopped(i, 0, error))?;
     }
-    for entry in &delta.added {
-        let result = match entry.addr {
-            IpAddr::V4(addr) => v4(ebpf)?.insert(key4(addr, entry.ifindex), zeroed_stats()?, 0),
-            IpAddr::V6(addr) => v6(ebpf)?.insert(key6(addr, entry.ifindex), zeroed_stats()?, 0),
-        };
-        result.map_err(|source| map_error(map_name(entry), source))?;
+    for (i, entry) in delta.added.iter().enumerate() {
+        insert(ebpf, entry).map_err(|error| stopped(delta.removed.len(), i, error))?;
     }
     Ok(())
+}
+
+fn remove(ebpf: &mut Ebpf, entry: &L2Entry) -> Result<(), L2Error> {
+    let result = match entry.addr {
+        IpAddr::V4(addr) => v4(ebpf)?.remove(&key4(addr, entry.ifindex)),
+        IpAddr::V6(addr) => v6(ebpf)?.remove(&key6(addr, entry.ifindex)),
+    };
+    result.map_err(|source| map_error(map_name(entry), source))
+}
+
+fn insert(ebpf: &mut Ebpf, entry: &L2Entry) -> Result<(), L2Error> {
+    let result = match entry.addr {
+        IpAddr::V4(addr) => v4(ebpf)?.insert(key4(addr, entry.ifindex), zeroed_stats()?, 0),
+        IpAddr::V6(addr) => v6(ebpf)?.insert(key6(addr, entry.ifindex), zeroed_stats()?, 0),
+    };
+    result.map_err(|source| map_error(map_name(entry), source))
 }
 
 fn v4(ebpf: &mut Ebpf) -> Result<PerCpuHashMap<&mut MapData, L2Vip4Key, L2VipStats>, L2Error> {
