@@ -128,6 +128,12 @@ pub fn conntrack(h: &mut XdpHarness, key: &CtKey) -> Option<CtValue> {
     ct.get(key, 0).ok()
 }
 
+pub fn remove_conntrack(h: &mut XdpHarness, key: &CtKey) {
+    let mut ct: HashMap<&mut MapData, CtKey, CtValue> =
+        HashMap::try_from(h.map_mut(maps::CONNTRACK)).expect("conntrack map");
+    ct.remove(key).expect("remove conntrack entry");
+}
+
 pub fn set_conntrack(h: &mut XdpHarness, key: CtKey, value: CtValue) {
     let mut ct: HashMap<&mut MapData, CtKey, CtValue> =
         HashMap::try_from(h.map_mut(maps::CONNTRACK)).expect("conntrack map");

@@ -232,9 +232,19 @@ pub struct CtValue {
     pub nat_addr_be: [u8; 16],
     /// Reverse: the service port replies must come from.
     pub nat_port_be: [u8; 2],
-    pub _pad: [u8; 6],
+    /// Forward: packets left before the flow's reverse entry is written again (see
+    /// [`CT_REVERSE_REFRESH`]).
+    pub refresh: u16,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<CtValue>() == 32);
+
+/// Every this many packets of an established flow, the XDP program writes the flow's reverse
+/// entry again. LRU ages the two entries apart: a flow whose client sends steadily and whose
+/// pod answers rarely keeps its forward entry fresh while the reverse one may be evicted,
+/// after which every reply would leave un-NATed. This repairs that within this many packets,
+/// for ~0.3 ns per packet.
+pub const CT_REVERSE_REFRESH: u16 = 1024;
 
 /// Key of `vipwire_affinity_v1` (`LRU_HASH`): a client of a service with ClientIP affinity.
 #[repr(C)]

@@ -9,9 +9,9 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use vipwire_common::{
     Reason,
     l4::{
-        AffinityKey, AffinityValue, BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey,
-        CtValue, FragKey, FragValue, IPPROTO_SCTP, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
-        ServiceValue,
+        AffinityKey, AffinityValue, BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE,
+        CT_REVERSE_REFRESH, CtKey, CtValue, FragKey, FragValue, IPPROTO_SCTP, SERVICE_AFFINITY,
+        SERVICE_SOURCE_RANGES, ServiceValue,
     },
 };
 
@@ -53,7 +53,7 @@ const _: () = {
 /// kube-proxy's conntrack). `None`: a new flow (or its backend is gone).
 #[inline(never)]
 pub fn established_packet(scratch: &mut Scratch) -> u64 {
-    let Some(entry) = maps::CONNTRACK.get_ptr(&scratch.ct) else {
+    let Some(entry) = maps::CONNTRACK.get_ptr_mut(&scratch.ct) else {
         return Verdict::NONE;
     };
     // SAFETY: a map value from a successful lookup.
@@ -61,6 +61,15 @@ pub fn established_packet(scratch: &mut Scratch) -> u64 {
     let Some(backend) = backend_ptr(backend_id) else {
         return Verdict::NONE;
     };
+    // SAFETY: as above. Another CPU may count the same entry down at the same time: the
+    // refresh then comes a packet early or late, which does not matter.
+    let refresh = unsafe { &mut (*entry).refresh };
+    if *refresh == 0 {
+        *refresh = CT_REVERSE_REFRESH;
+        retrack_reverse(scratch, service_id, backend_id, backend);
+    } else {
+        *refresh -= 1;
+    }
     // SAFETY: a map value pointer from a successful lookup, valid for this program run.
     let backend = unsafe { &*backend };
     if !rewritable(scratch, backend) {
@@ -248,22 +257,50 @@ fn maglev(ip: &Ip, ports: [u8; 4], service: &ServiceValue) -> u32 {
 /// evicts its oldest entries.
 #[inline(never)]
 fn track(scratch: &mut Scratch, service_id: u32, backend_id: u32, backend: *const BackendValue) {
+    let forward = &raw const scratch.ct;
+    let value = &raw mut scratch.value;
+    // SAFETY: every pointer is into the scratch slot; the word stores cover exactly the
+    // fields named beside them (layouts asserted below).
+    unsafe {
+        (*value).backend_id = backend_id;
+        (*value).service_id = service_id;
+        // Forward: no address to restore; the reverse entry is written just below.
+        words::store64::<CT_VALUE_NAT>(value.cast(), 0);
+        words::store64::<{ CT_VALUE_NAT + 8 }>(value.cast(), 0);
+        words::store64::<{ CT_VALUE_NAT + 16 }>(value.cast(), u64::from(CT_REVERSE_REFRESH) << 16);
+        let _ = maps::CONNTRACK.insert(&*forward, &*value, 0);
+    }
+    track_reverse(scratch, service_id, backend_id, backend);
+}
+
+/// Writes an established flow's reverse entry again ([`CT_REVERSE_REFRESH`]).
+#[inline(never)]
+fn retrack_reverse(
+    scratch: &mut Scratch,
+    service_id: u32,
+    backend_id: u32,
+    backend: *const BackendValue,
+) {
+    track_reverse(scratch, service_id, backend_id, backend);
+}
+
+/// The reverse entry of the flow `scratch.ct` (its forward key) to `backend`.
+#[inline(always)]
+fn track_reverse(
+    scratch: &mut Scratch,
+    service_id: u32,
+    backend_id: u32,
+    backend: *const BackendValue,
+) {
     // SAFETY: a map value pointer from a successful lookup, valid for this program run.
     let backend = unsafe { &*backend };
     let forward = &raw const scratch.ct;
     let reverse = &raw mut scratch.reverse;
     let value = &raw mut scratch.value;
-    // SAFETY: every pointer is into the scratch slot or the backend's map value; the word
-    // stores cover exactly the fields named beside them (layouts asserted below).
+    // SAFETY: as in `track`, and the backend's map value.
     unsafe {
         (*value).backend_id = backend_id;
         (*value).service_id = service_id;
-        // Forward: no address to restore.
-        words::store64::<CT_VALUE_NAT>(value.cast(), 0);
-        words::store64::<{ CT_VALUE_NAT + 8 }>(value.cast(), 0);
-        words::store64::<{ CT_VALUE_NAT + 16 }>(value.cast(), 0);
-        let _ = maps::CONNTRACK.insert(&*forward, &*value, 0);
-
         // Reverse: backend → client, restoring the frontend.
         words::copy16(&raw mut (*reverse).src_be, &raw const backend.addr_be);
         words::copy16(&raw mut (*reverse).dst_be, &raw const (*forward).src_be);
@@ -286,6 +323,7 @@ const CT_VALUE_NAT: usize = core::mem::offset_of!(CtValue, nat_addr_be);
 const _: () = {
     assert!(CT_VALUE_NAT == 8 && size_of::<CtValue>() == CT_VALUE_NAT + 24);
     assert!(core::mem::offset_of!(CtValue, nat_port_be) == CT_VALUE_NAT + 16);
+    assert!(core::mem::offset_of!(CtValue, refresh) == CT_VALUE_NAT + 18);
 };
 
 /// The fragment key of datagram `id` of `scratch.ip`, into `scratch.frag` (word stores, as in
