@@ -18,8 +18,7 @@ use crate::l4::{
     Delta, Ipv4Hdr, Ipv6Hdr,
     icmp::{
         ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
-        ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, quoted_checksum_offset,
-        update_quoted_checksum,
+        ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, update_quoted_checksum,
     },
     maps,
 };
@@ -177,17 +176,11 @@ fn quotable(proto: u8) -> bool {
 }
 
 /// Updates the quoted TCP/UDP checksum when the quote includes it; returns the change to the
-/// field (`crate::l4::icmp` does the same for errors to a VIP).
+/// field.
 #[inline(always)]
 fn rewrite_quoted_checksum(ctx: &TcContext, inner_l4: usize, proto: u8, delta: Delta) -> Delta {
-    let Some(at) = quoted_checksum_offset(proto) else {
-        return Delta::new();
-    };
-    match ptr_at::<[u8; 2]>(ctx, inner_l4 + at) {
-        // SAFETY: bounds-checked by ptr_at.
-        Some(check) => unsafe { update_quoted_checksum(check, proto, delta) },
-        None => Delta::new(),
-    }
+    // SAFETY: ptr_at bounds-checks the two bytes against the packet.
+    unsafe { update_quoted_checksum(proto, delta, |at| ptr_at(ctx, inner_l4 + at)) }
 }
 
 /// A pointer to a `T` at `at` in the packet, if the linear data holds it.

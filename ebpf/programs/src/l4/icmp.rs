@@ -188,34 +188,32 @@ fn ports_ptr(ctx: &XdpContext, at: usize) -> Option<*mut [u8; 2]> {
 /// change to the field, which the ICMP checksum also covers.
 #[inline(always)]
 fn rewrite_quoted_checksum(ctx: &XdpContext, inner_l4: usize, proto: u8, delta: Delta) -> Delta {
-    let Some(at) = quoted_checksum_offset(proto) else {
-        return Delta::new();
-    };
-    match ptr_at::<[u8; 2]>(ctx, inner_l4 + at) {
-        // SAFETY: bounds-checked by ptr_at.
-        Some(check) => unsafe { update_quoted_checksum(check, proto, delta) },
-        None => Delta::new(),
-    }
+    // SAFETY: ptr_at bounds-checks the two bytes against the packet.
+    unsafe { update_quoted_checksum(proto, delta, |at| ptr_at(ctx, inner_l4 + at)) }
 }
 
-/// Where a quoted header of `proto` keeps its checksum; `None`: none an address or port
-/// change touches (SCTP's CRC32c covers the whole packet, which a quote rarely holds).
-#[inline(always)]
-pub fn quoted_checksum_offset(proto: u8) -> Option<usize> {
-    match proto {
-        IPPROTO_TCP => Some(16),
-        IPPROTO_UDP => Some(6),
-        _ => None,
-    }
-}
-
-/// Applies `delta` to the quoted checksum at `check` (UDP's "no checksum" stays 0) and
-/// returns the change to the field, which the ICMP checksum also covers.
+/// Applies `delta` to the checksum of a quoted `proto` header (UDP's "no checksum" stays 0),
+/// found through `field_at` (its offset in that header → the field, `None` when the quote
+/// ends before it); returns the change to the field. Only TCP and UDP: SCTP's CRC32c covers
+/// the whole packet, which a quote rarely holds. Shared by the errors to a VIP (here) and
+/// those a pod sends (`crate::tc_icmp`).
 ///
 /// # Safety
-/// `check` points at two writable bytes of the packet.
+/// A pointer `field_at` returns points at two writable bytes of the packet.
 #[inline(always)]
-pub unsafe fn update_quoted_checksum(check: *mut [u8; 2], proto: u8, delta: Delta) -> Delta {
+pub unsafe fn update_quoted_checksum(
+    proto: u8,
+    delta: Delta,
+    field_at: impl FnOnce(usize) -> Option<*mut [u8; 2]>,
+) -> Delta {
+    let at = match proto {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => return Delta::new(),
+    };
+    let Some(check) = field_at(at) else {
+        return Delta::new();
+    };
     // SAFETY: the caller's.
     let old = unsafe { *check };
     let new = if proto == IPPROTO_UDP {
