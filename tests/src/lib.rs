@@ -15,6 +15,7 @@ pub mod packets;
 pub mod peer;
 pub mod probe;
 pub mod process;
+pub mod synthetic;
 pub mod tools;
 
 pub use kube::KubeApi;

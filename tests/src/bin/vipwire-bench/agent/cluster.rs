@@ -1,7 +1,7 @@
 //! The synthetic cluster, and the two ways it reaches the agent: the apiserver and a
 //! manifests directory.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, process::Command, time::Instant};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{
@@ -13,31 +13,19 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use testkit::{KubeApi, netlab::HostVeth};
+use testkit::{
+    KubeApi,
+    netlab::HostVeth,
+    synthetic::{self, ENDPOINTS, endpoint_ip, name, vip},
+};
 
 use super::{
-    CHANGES, CREATE_CONCURRENCY, ENDPOINTS, NODE, PER_FILE, Run, SIZES,
+    CHANGES, CREATE_CONCURRENCY, NODE, PER_FILE, Run, SIZES,
     session::{Write, run_agent},
 };
 
 // ---------------------------------------------------------------------------------------------
 // The synthetic cluster.
-
-/// Service `i`'s VIP: 198.18.0.0/15 (benchmarking), never .0 or .255.
-pub(super) fn vip(i: usize) -> Ipv4Addr {
-    let (hi, lo) = (i / 250, i % 250 + 1);
-    Ipv4Addr::new(198, 18 + (hi / 256) as u8, (hi % 256) as u8, lo as u8)
-}
-
-fn name(i: usize) -> String {
-    format!("svc-{i}")
-}
-
-/// Endpoint `e` of Service `i`: unique pod addresses in 10.128.0.0/9.
-fn endpoint_ip(i: usize, e: usize) -> String {
-    let n = i * ENDPOINTS + e;
-    format!("10.{}.{}.{}", 128 + n / 65_536, (n / 256) % 256, n % 256)
-}
 
 /// Services 0..CHANGES/2 are the ones whose slices change.
 pub(super) fn changed_service(change: usize) -> (usize, bool) {
@@ -212,18 +200,7 @@ fn write_manifests(dir: &Path, services: usize) {
 }
 
 fn service_yaml(i: usize, ready: bool) -> String {
-    let name = name(i);
-    let vip = vip(i);
-    let mut text = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: LoadBalancer\n  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n    targetPort: 8080\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: \"{vip}\"\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: 8080\n  protocol: TCP\nendpoints:\n"
-    );
-    for e in 0..ENDPOINTS {
-        text.push_str(&format!(
-            "- addresses: [\"{}\"]\n  nodeName: {NODE}\n  conditions:\n    ready: {ready}\n    serving: {ready}\n    terminating: false\n",
-            endpoint_ip(i, e)
-        ));
-    }
-    text
+    synthetic::service_manifests(i, NODE, ready)
 }
 
 /// Write then rename: the agent never reads a half-written file.

@@ -25,7 +25,6 @@ use testkit::{
 };
 
 const SIZES: [usize; 2] = [1_000, 10_000];
-const ENDPOINTS: usize = 10;
 /// EndpointSlice changes measured per run (half withdraw a VIP, half bring it back).
 const CHANGES: usize = 100;
 /// Requests in flight while filling the apiserver.
@@ -181,7 +180,9 @@ fn percentile(sorted: &[Duration], p: usize) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cluster::vip, *};
+    use testkit::synthetic::vip;
+
+    use super::*;
 
     #[test]
     fn vips_are_unique_and_never_end_in_0_or_255() {

@@ -8,13 +8,13 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuHashMap};
-use testkit::{agent::BpffsDir, netlab::HostVeth, process::Daemon};
+use testkit::{agent::BpffsDir, netlab::HostVeth, process::Daemon, synthetic::vip};
 use vipwire::dataplane::paths::PinPaths;
 use vipwire_common::{L2Vip4Key, L2VipStats, maps};
 
 use super::{
     ANNOUNCE_WAIT, CHANGE_TIMEOUT, CHANGES, NODE, POLL, Run, SPACING, START_TIMEOUT,
-    cluster::{changed_service, vip},
+    cluster::changed_service,
 };
 
 // ---------------------------------------------------------------------------------------------
