@@ -23,7 +23,8 @@ use crate::{
     coalesce::{Coalescer, sleep_until_opt},
     config::Config,
     dataplane::{
-        self, heartbeat,
+        self,
+        heartbeat::{self, Heartbeat},
         l2::{self, L2Entry},
         loader::{AttachMode, Attachment, Dataplane, LoaderError},
         logs,
@@ -190,7 +191,7 @@ async fn agent(
     )?;
     let stale_after = config.l2.heartbeat_timeout;
     // Keep answering from the first moment: a restarted agent inherits the old entries.
-    heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
+    let heart = Heartbeat::start(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
     match logs::spawn_forwarder(plane.ebpf_mut()) {
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "BPF logs are not forwarded"),
@@ -240,7 +241,9 @@ async fn agent(
         let mut due = false;
         tokio::select! {
             _ = ticker.tick() => {
-                heartbeat::beat(plane.ebpf_mut(), stale_after).map_err(RunError::Heartbeat)?;
+                if let Some(err) = heart.failure() {
+                    return Err(RunError::Heartbeat(err));
+                }
                 publish_bgp(speaker.as_ref(), &state);
                 if let Some(view) = plane.take_l4_view(true) {
                     state.set_steering(view);
@@ -265,6 +268,7 @@ async fn agent(
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
+        heart.alive();
         if !due {
             continue;
         }
@@ -289,6 +293,9 @@ async fn agent(
         }
         coalescer.acted(Instant::now());
     }
+    // No beats from here on: without --cleanup-on-exit the program answers until the
+    // heartbeat goes stale.
+    drop(heart);
     if let Some(speaker) = speaker {
         // Withdraw, then Cease/Administrative Shutdown: peers move traffic away at once
         // instead of waiting out the hold time.
