@@ -14,7 +14,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_OK, bpf_fib_lookup as FibLookup,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
@@ -137,20 +138,61 @@ fn cached_peer_delivery(ctx: &TcContext, backend_id: u32, ifindex: u32, flags: u
 #[inline(always)]
 pub(crate) fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16]) -> Option<i32> {
     let mut slot = FibSlot::new();
-    let fib = fib_params(&mut slot, vip, client, ctx);
-    Some(match fib_lookup(ctx, fib) {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            set_macs(ctx, fib_macs(fib))?;
-            // SAFETY: helper without memory arguments.
-            unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
-        }
-        // SAFETY: a null params pointer asks the helper to resolve the next hop itself.
-        BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
-            bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32
-        },
-        // No route to the client: the kernel may know better (it now sees VIP:port).
-        _ => TC_ACT_OK,
-    })
+    route_to_client(&mut slot, ctx, vip, client, 0).send(ctx)
+}
+
+/// The FIB's answer for a packet from `vip` to `client`, looked up before the packet is
+/// rewritten: one too big for the way out can then still be left to the kernel as it is.
+pub(crate) struct Route<'a> {
+    rc: u32,
+    fib: &'a mut FibLookup,
+}
+
+/// Looks up the way from `vip` to `client` in `slot`. `segment_len`: for a GSO packet, the IP
+/// length of each packet it becomes, checked against the route's MTU; 0 for any other
+/// packet, which the helper checks whole against the egress device's MTU (it waves every
+/// GSO packet through, and the kernel's forwarding would not).
+#[inline(always)]
+pub(crate) fn route_to_client<'a>(
+    slot: &'a mut FibSlot,
+    ctx: &TcContext,
+    vip: &[u8; 16],
+    client: &[u8; 16],
+    segment_len: u16,
+) -> Route<'a> {
+    let fib = fib_params(slot, vip, client, ctx);
+    fib.__bindgen_anon_1.tot_len = segment_len;
+    let rc = fib_lookup(ctx, fib);
+    Route { rc, fib }
+}
+
+impl Route<'_> {
+    /// Too big for the way to the client: the kernel's forwarding would send the sender an
+    /// ICMP "fragmentation needed" or "packet too big" for it.
+    #[inline(always)]
+    pub(crate) fn too_big(&self) -> bool {
+        self.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED
+    }
+
+    /// Sends the packet out of the interface the FIB named, past the host's FORWARD chain;
+    /// `TC_ACT_OK` (the kernel) when it named none or the packet is too big for it.
+    #[inline(always)]
+    pub(crate) fn send(self, ctx: &TcContext) -> Option<i32> {
+        let fib = self.fib;
+        Some(match self.rc {
+            BPF_FIB_LKUP_RET_SUCCESS => {
+                set_macs(ctx, fib_macs(fib))?;
+                // SAFETY: helper without memory arguments.
+                unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+            }
+            // SAFETY: a null params pointer asks the helper to resolve the next hop itself.
+            BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
+                bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32
+            },
+            // No route to the client: the kernel may know better (it now sees VIP:port).
+            _ => TC_ACT_OK,
+        })
+    }
 }
 
 #[inline(always)]
@@ -168,11 +210,11 @@ fn packet_src(ctx: &TcContext) -> Option<[u8; 16]> {
 
 /// Room for the FIB lookup parameters, 8-aligned so that they can be zeroed a word at a time.
 #[repr(C, align(8))]
-struct FibSlot(MaybeUninit<FibLookup>);
+pub(crate) struct FibSlot(MaybeUninit<FibLookup>);
 
 impl FibSlot {
     #[inline(always)]
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self(MaybeUninit::uninit())
     }
 }
@@ -207,8 +249,8 @@ fn fib_params<'a>(
         fib.__bindgen_anon_3.ipv6_src = words(src);
         fib.__bindgen_anon_4.ipv6_dst = words(dst);
     }
-    // tot_len stays 0: the helper then checks the skb against the egress MTU itself, which
-    // is right for GRO/GSO packets (a length here would be compared with the MTU as is).
+    // tot_len stays 0 unless the caller sets it: the helper then checks the skb against the
+    // egress MTU itself (a GRO/GSO packet's length would be compared with the MTU as is).
     fib
 }
 

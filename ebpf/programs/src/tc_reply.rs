@@ -32,7 +32,7 @@ use vipwire_common::{
 use crate::{
     counters,
     l4::{IPPROTO_ICMP, IPPROTO_ICMPV6, maps, sctp_port_changed},
-    tc::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, send_to_client},
+    tc::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FibSlot, route_to_client, send_to_client},
     tc_icmp,
 };
 
@@ -64,6 +64,8 @@ struct Headers {
     id: u32,
     proto: u8,
     v6: bool,
+    /// Not to be fragmented on the way (IPv4 DF; every IPv6 packet).
+    dont_fragment: bool,
     fragment: Fragment,
 }
 
@@ -87,6 +89,7 @@ fn reply(ctx: &TcContext) -> i64 {
         id: 0,
         proto: 0,
         v6: false,
+        dont_fragment: false,
         fragment: Fragment::Whole,
     };
     if !read_headers(ctx, &mut h) {
@@ -131,6 +134,7 @@ fn headers_into(ctx: &TcContext, h: &mut Headers) -> Option<()> {
         h.l4_len = u32::from(u16::from_be_bytes(total)).saturating_sub(ihl);
         h.id = u32::from(u16::from_be_bytes(id));
         h.proto = ctx.load(ip + 9).ok()?;
+        h.dont_fragment = frag[0] & 0x40 != 0;
         let offset = u16::from_be_bytes([frag[0] & 0x1f, frag[1]]);
         h.fragment = fragment(offset, frag[0] & 0x20 != 0);
         Some(())
@@ -142,6 +146,7 @@ fn headers_into(ctx: &TcContext, h: &mut Headers) -> Option<()> {
         h.l4_len = u32::from(u16::from_be_bytes(payload));
         h.proto = ctx.load(ip + 6).ok()?;
         h.v6 = true;
+        h.dont_fragment = true;
         if h.proto == IPPROTO_FRAGMENT {
             // Next header, reserved, offset (13 bits) and M, identification.
             let f: [u8; 8] = ctx.load(h.l4 as usize).ok()?;
@@ -200,6 +205,22 @@ fn flow_packet(ctx: &TcContext, h: &Headers) -> i64 {
     };
     // SAFETY: a map value from a successful lookup, copied at once.
     let entry = unsafe { *entry };
+    let mut slot = FibSlot::new();
+    let route = route_to_client(
+        &mut slot,
+        ctx,
+        &entry.nat_addr_be,
+        &h.dst,
+        segment_len(ctx, &h),
+    );
+    // Too big for the way out, and not to be fragmented on it: left to the kernel as the pod
+    // sent it, whose forwarding then tells the pod the MTU (ICMP fragmentation needed or
+    // packet too big) and drops it; the pod sends smaller packets from then on. Rewritten
+    // first, that ICMP would go to the VIP (this node), and the pod would keep sending what
+    // never leaves.
+    if route.too_big() && h.dont_fragment {
+        return NOT_OURS;
+    }
     let ports = ([ports[0], ports[1]], entry.nat_port_be);
     if snat(ctx, &h, &entry.nat_addr_be, ports).is_none() {
         return NOT_OURS;
@@ -214,7 +235,29 @@ fn flow_packet(ctx: &TcContext, h: &Headers) -> i64 {
         };
         let _ = maps::REPLY_FRAGMENTS.insert(&fragment_key(&h), &value, 0);
     }
-    sent(send_to_client(ctx, &entry.nat_addr_be, &h.dst))
+    sent(route.send(ctx))
+}
+
+/// For a GSO packet (a pod's TSO or UDP_SEGMENT send), the IP length of each packet it
+/// becomes on the wire; 0 for any other packet.
+#[inline(always)]
+fn segment_len(ctx: &TcContext, h: &Headers) -> u16 {
+    // SAFETY: the context pointer is valid for this run; gso_size is a plain load.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return 0;
+    }
+    let l4_header = match h.proto {
+        // The data offset, in 32-bit words.
+        IPPROTO_TCP => match ctx.load::<u8>(h.l4 as usize + 12) {
+            Ok(offset) => u32::from(offset >> 4) * 4,
+            Err(_) => return 0,
+        },
+        IPPROTO_UDP => 8,
+        _ => return 0,
+    };
+    let len = (h.l4 - ETH_HLEN) + l4_header + gso_size;
+    u16::try_from(len).unwrap_or(u16::MAX)
 }
 
 /// A later fragment of a reply whose first fragment was rewritten: the same source address

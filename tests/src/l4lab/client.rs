@@ -197,10 +197,22 @@ pub fn udp_socket(client: &Netns, v6: bool) -> UdpSocket {
 
 /// One UDP request to `to` from `socket`, waiting up to `timeout` for its answer.
 pub fn udp_request(socket: &UdpSocket, to: SocketAddr, timeout: Duration) -> io::Result<Reply> {
+    udp_request_padded(socket, to, 0, timeout)
+}
+
+/// [`udp_request`] with `padding` more bytes in the request, which the answer echoes: a
+/// large datagram each way.
+pub fn udp_request_padded(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    padding: usize,
+    timeout: Duration,
+) -> io::Result<Reply> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let request = format!(
-        "udp-{}",
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        "udp-{}{}",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        "p".repeat(padding)
     );
     socket.send_to(request.as_bytes(), to)?;
     let deadline = Instant::now() + timeout;
