@@ -38,7 +38,7 @@ pub fn add_service(h: &mut XdpHarness, vip: IpAddr, port: u16, proto: u8, value:
         HashMap::try_from(h.map_mut(maps::SERVICES)).expect("services map");
     services.insert(key, value, 0).expect("insert service");
     let mut filter: Array<&mut MapData, VipFilter> =
-        Array::try_from(h.map_mut(maps::VIP_FILTER)).expect("VIP filter map");
+        Array::try_from(h.map_mut(maps::VIP_FILTER_SECTION)).expect("VIP filter map");
     let mut bits = filter.get(&0, 0).expect("filter value");
     let bit = vip_filter_bit(&addr16(vip));
     bits.words[(bit / 64) as usize] |= 1 << (bit % 64);

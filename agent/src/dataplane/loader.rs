@@ -159,13 +159,23 @@ impl Dataplane {
             source,
         })?;
         pins::drop_incompatible(object, &paths)?;
+        pins::ensure_vip_filter_pin(object, &paths)?;
+        // The loader writes a global's initial value into its map, a reused pin included: the
+        // VIP filter starts as the pinned one holds it, or the program still attached would
+        // pass VIP traffic to the kernel until the first reconcile.
+        let vip_filter = pins::pinned_vip_filter(&paths)?;
         let level = log_level as u8;
         let pin_paths: Vec<_> = maps::ALL
             .iter()
             .map(|name| (*name, paths.map(name)))
+            // The filter's global shares the pin of its definition with BTF.
+            .chain([(maps::VIP_FILTER_SECTION, paths.map(maps::VIP_FILTER))])
             .collect();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, true);
+        if let Some(filter) = &vip_filter {
+            loader.override_global(maps::VIP_FILTER_GLOBAL, filter, true);
+        }
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -9,8 +9,11 @@
 //! conntrack starts over (flows are picked again, by Maglev mostly as before), counters
 //! restart from zero.
 
-use aya::maps::{MapData, MapType};
-use vipwire_common::maps;
+use aya::{
+    EbpfLoader,
+    maps::{Array, Map, MapData, MapType},
+};
+use vipwire_common::{l4::VipFilter, maps};
 
 use super::paths::PinPaths;
 
@@ -28,6 +31,18 @@ struct Shape {
 pub enum PinsError {
     #[error("parsing the BPF object's map definitions")]
     Parse(#[source] aya_obj::ParseError),
+    #[error("pinning the VIP filter at {path}")]
+    PinFilter {
+        path: String,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("reading the VIP filter pinned at {path}")]
+    ReadFilter {
+        path: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("removing {path}, pinned with another layout than this build's")]
     Remove {
         path: String,
@@ -82,4 +97,42 @@ pub fn drop_incompatible(object: &[u8], paths: &PinPaths) -> Result<(), PinsErro
         }
     }
     Ok(())
+}
+
+/// Pins the VIP filter from its definition with BTF when nothing is pinned yet. The program
+/// reads the filter as a global, whose map aya would create without BTF (a hex dump in
+/// `bpftool`); pinned first, the map with BTF is the one the global is then loaded into. A
+/// throwaway load of the object creates it, with every other map shrunk to one entry (none is
+/// pinned, all are freed at once).
+pub fn ensure_vip_filter_pin(object: &[u8], paths: &PinPaths) -> Result<(), PinsError> {
+    let path = paths.map(maps::VIP_FILTER);
+    if MapData::from_pin(&path).is_ok() {
+        return Ok(());
+    }
+    let mut loader = EbpfLoader::new();
+    loader.map_pin_path(maps::VIP_FILTER, &path);
+    for name in maps::ALL.iter().filter(|&&name| name != maps::VIP_FILTER) {
+        loader.map_max_entries(name, 1);
+    }
+    loader
+        .load(object)
+        .map(drop)
+        .map_err(|source| PinsError::PinFilter {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+}
+
+/// What the pinned VIP filter holds; `None` when none is pinned.
+pub fn pinned_vip_filter(paths: &PinPaths) -> Result<Option<VipFilter>, PinsError> {
+    let path = paths.map(maps::VIP_FILTER);
+    let Ok(pinned) = MapData::from_pin(&path) else {
+        return Ok(None);
+    };
+    let error = |source| PinsError::ReadFilter {
+        path: path.display().to_string(),
+        source,
+    };
+    let filter = Array::<_, VipFilter>::try_from(Map::Array(pinned)).map_err(error)?;
+    filter.get(&0, 0).map(Some).map_err(error)
 }

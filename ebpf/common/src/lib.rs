@@ -50,8 +50,18 @@ pub mod maps {
     /// `PERCPU_ARRAY[Reason::COUNT]` -> `u64`: packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "vipwire_counters_v1";
 
-    /// `ARRAY[1]` -> [`crate::l4::VipFilter`]: which destinations may be VIPs.
+    /// `ARRAY[1]` -> [`crate::l4::VipFilter`]: which destinations may be VIPs. The XDP
+    /// program reads it as a global variable ([`VIP_FILTER_GLOBAL`] in section
+    /// [`VIP_FILTER_SECTION`], which aya makes a map of that name), at a fixed address: every
+    /// packet tests it, and its lookup was a quarter of what a passed packet costs beyond an
+    /// empty program. The object also defines the map under this name, with BTF (aya creates
+    /// a global's map without); the agent pins that one first and loads the global into it.
     pub const VIP_FILTER: &str = "vipwire_vip_filter_v1";
+    /// The `.bss`-kind section holding the VIP filter: the name of the global's map in the
+    /// loaded object.
+    pub const VIP_FILTER_SECTION: &str = ".bss.vipwire_vip_filter_v1";
+    /// The VIP filter's symbol.
+    pub const VIP_FILTER_GLOBAL: &str = "VIPWIRE_VIP_FILTER";
     /// `HASH` [`crate::l4::ServiceKey`] -> [`crate::l4::ServiceValue`]: frontends steered.
     pub const SERVICES: &str = "vipwire_services_v1";
     /// `HASH` [`crate::l4::MaglevKey`] -> [`crate::l4::MaglevChunk`]: Maglev tables.

@@ -22,6 +22,7 @@ use testkit::{
 use vipwire_common::{
     CONTRACT_VERSION, Control, Iface, L2Vip4Key, L2Vip6Key, L2VipStats, Reason,
     control::{REPORTED_CONTRACT_MISMATCH, REPORTED_STALE},
+    l4::VipFilter,
     maps,
 };
 
@@ -270,6 +271,11 @@ fn contract_maps_match_object() {
     assert_eq!(control.len(), 1);
     let counters = PerCpuArray::<_, u64>::try_from(h.map_mut(maps::COUNTERS)).expect("counters");
     assert_eq!(counters.len(), Reason::COUNT);
+    // The VIP filter, defined twice: as a map with BTF and as the global the program reads.
+    for name in [maps::VIP_FILTER, maps::VIP_FILTER_SECTION] {
+        let filter = Array::<_, VipFilter>::try_from(h.map_mut(name)).expect(name);
+        assert_eq!(filter.len(), 1, "{name}");
+    }
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl<'a> Maps<'a> {
                 maps::BACKENDS => backends = Some(map),
                 maps::SOURCE_RANGES => ranges = Some(map),
                 maps::SERVICE_STATS => stats = Some(map),
-                maps::VIP_FILTER => filter = Some(map),
+                maps::VIP_FILTER_SECTION => filter = Some(map),
                 _ => {}
             }
         }

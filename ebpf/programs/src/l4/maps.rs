@@ -92,19 +92,34 @@ pub fn stats(service_id: u32) -> Option<*mut ServiceStats> {
     SERVICE_STATS.get_ptr_mut(service_id)
 }
 
+/// The same map as [`VIPWIRE_VIP_FILTER`] once pinned, defined again with BTF: the agent
+/// creates its pin from this definition, so that `bpftool map dump` names the fields (aya
+/// creates a global's map without BTF). No program refers to it.
 #[btf_map(name = "vipwire_vip_filter_v1")]
-static VIP_FILTER: Array<VipFilter, 1> = Array::new();
+static VIP_FILTER_BTF: Array<VipFilter, 1> = Array::new();
+
+/// `vipwire_vip_filter_v1` (vipwire_common::maps::VIP_FILTER): a global, so that reading it
+/// is a load from a fixed address, not a map lookup. The section and symbol names are
+/// vipwire_common::maps::{VIP_FILTER_SECTION, VIP_FILTER_GLOBAL}; the agent writes it through
+/// its map.
+#[unsafe(link_section = ".bss.vipwire_vip_filter_v1")]
+#[unsafe(no_mangle)]
+static mut VIPWIRE_VIP_FILTER: VipFilter = VipFilter::EMPTY;
 
 /// False when the address with filter bit `bit` (`vip_filter_bit`; bits from 16 up are
 /// ignored) is certainly not a VIP (most traffic); true when it may be one.
 #[inline(always)]
 pub fn maybe_vip(bit: u64) -> bool {
-    let Some(filter) = VIP_FILTER.get_ptr(0) else {
-        return false;
+    // SAFETY: the word index is masked below the filter's 1024 words. A volatile read: the
+    // agent writes the filter behind the program's back, and nothing here ever does, so the
+    // compiler must not take it for the constant it was initialized with.
+    let word = unsafe {
+        core::ptr::read_volatile(
+            core::ptr::addr_of!(VIPWIRE_VIP_FILTER.words)
+                .cast::<u64>()
+                .add((bit >> 6) as usize & 1023),
+        )
     };
-    // SAFETY: a map value pointer from a successful lookup; the word index is masked below
-    // the filter's 1024 words.
-    let word = unsafe { *(*filter).words.get_unchecked((bit >> 6) as usize & 1023) };
     word & (1 << (bit & 63)) != 0
 }
 
