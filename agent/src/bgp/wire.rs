@@ -3,38 +3,23 @@
 //!
 //! We always speak four-octet AS (RFC 6793): the OPEN carries AS_TRANS in its two-octet field
 //! and the real ASN in the capability, and AS_PATH is encoded with four-octet numbers.
+//!
+//! [`decode`] and [`encode`] translate from and to netgauze's types; [`rfc7606`] decides which
+//! malformed UPDATEs a session survives.
 
 use std::{
     io::Cursor,
     net::{IpAddr, Ipv4Addr},
 };
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use netgauze_bgp_pkt::{
-    BgpMessage,
-    capabilities::{
-        BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily,
-        GracefulRestartCapability, MultiProtocolExtensionsCapability,
-    },
-    community::{Community, LargeCommunity},
-    iana::RouteRefreshSubcode,
-    nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress},
-    notification::BgpNotificationMessage,
-    open::{BgpOpenMessage, BgpOpenMessageParameter},
-    path_attribute::{
-        As4PathSegment, AsPath, AsPathSegmentType, Communities, LargeCommunities, LocalPreference,
-        MpReach, MpUnreach, MultiExitDiscriminator, NextHop, Origin, PathAttribute,
-        PathAttributeValue,
-    },
-    route_refresh::BgpRouteRefreshMessage,
-    update::BgpUpdateMessage,
-    wire::deserializer::{BgpMessageParsingError, BgpParsingContext},
-};
+use ipnet::IpNet;
+use netgauze_bgp_pkt::{BgpMessage, wire::deserializer::BgpParsingContext};
 use netgauze_iana::address_family::AddressType;
-use netgauze_parse_utils::{
-    WritablePdu,
-    reader::SliceReader,
-    traits::{ParseFrom, ParseFromWithOneInput},
+use netgauze_parse_utils::{WritablePdu, reader::SliceReader, traits::ParseFromWithOneInput};
+
+use self::{
+    decode::{from_netgauze, malformed, parses},
+    encode::to_netgauze,
 };
 
 /// The two-octet AS number a four-octet speaker puts in OPEN (RFC 6793).
@@ -242,161 +227,6 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
     }
 }
 
-/// Whether netgauze parses `buf` (used on UPDATEs rebuilt by [`rfc7606`]).
-fn parses(buf: &[u8]) -> bool {
-    let mut ctx = BgpParsingContext::default();
-    BgpMessage::parse(&mut SliceReader::new(buf), &mut ctx).is_ok()
-}
-
-fn malformed(e: BgpMessageParsingError) -> WireError {
-    let detail = e.to_string();
-    let notification = notification_from_netgauze(&BgpNotificationMessage::from(e));
-    WireError::Malformed {
-        notification,
-        detail,
-    }
-}
-
-fn from_netgauze(msg: BgpMessage) -> Result<Message, WireError> {
-    Ok(match msg {
-        BgpMessage::Open(open) => Message::Open(open_from_netgauze(&open)),
-        BgpMessage::Update(update) => {
-            if let Some(family) = update.end_of_rib().and_then(Family::from_address_type) {
-                return Ok(Message::EndOfRib(family));
-            }
-            Message::Update(update_from_netgauze(&update))
-        }
-        BgpMessage::KeepAlive => Message::Keepalive,
-        BgpMessage::Notification(n) => Message::Notification(notification_from_netgauze(&n)),
-        BgpMessage::RouteRefresh(rr) => match Family::from_address_type(rr.address_type()) {
-            Some(family) => Message::RouteRefresh(family),
-            None => {
-                return Err(WireError::Malformed {
-                    // RFC 2918: ignore a ROUTE-REFRESH for a family we did not negotiate; the
-                    // caller may ignore this error too.
-                    notification: Notification::new(code::FSM, 0, []),
-                    detail: format!("route refresh for {:?}", rr.address_type()),
-                });
-            }
-        },
-    })
-}
-
-fn open_from_netgauze(open: &BgpOpenMessage) -> Open {
-    let mut caps = Capabilities::default();
-    for cap in open.capabilities() {
-        match cap {
-            BgpCapability::FourOctetAs(c) => caps.four_octet_as = Some(c.asn4()),
-            BgpCapability::MultiProtocolExtensions(c) => {
-                if let Some(f) = Family::from_address_type(c.address_type()) {
-                    caps.families.push(f);
-                }
-            }
-            BgpCapability::RouteRefresh => caps.route_refresh = true,
-            BgpCapability::GracefulRestartCapability(c) => {
-                let afs = c.address_families();
-                caps.graceful_restart = Some(GracefulRestart {
-                    restarting: c.restart(),
-                    restart_time: c.time(),
-                    families: afs
-                        .iter()
-                        .filter_map(|af| Family::from_address_type(af.address_type()))
-                        .collect(),
-                    forwarding: !afs.is_empty() && afs.iter().all(|af| af.forwarding_state()),
-                });
-            }
-            _ => {}
-        }
-    }
-    Open {
-        version: open.version(),
-        asn: open.my_asn4(),
-        hold_time: open.hold_time(),
-        router_id: open.bgp_id(),
-        capabilities: caps,
-    }
-}
-
-fn update_from_netgauze(update: &BgpUpdateMessage) -> Update {
-    let mut out = Update {
-        announce: update
-            .nlri()
-            .iter()
-            .map(|n| IpNet::V4(n.network().address()))
-            .collect(),
-        withdraw: update
-            .withdraw_routes()
-            .iter()
-            .map(|n| IpNet::V4(n.network().address()))
-            .collect(),
-        attributes: Attributes::default(),
-    };
-    let attrs = &mut out.attributes;
-    for attr in update.path_attributes() {
-        match attr.value() {
-            PathAttributeValue::AsPath(path) => attrs.as_path = Vec::<u32>::from(path.clone()),
-            PathAttributeValue::NextHop(nh) => attrs.next_hop = Some(IpAddr::V4(nh.next_hop())),
-            PathAttributeValue::MultiExitDiscriminator(m) => attrs.med = Some(m.metric()),
-            PathAttributeValue::LocalPreference(l) => attrs.local_pref = Some(l.metric()),
-            PathAttributeValue::Communities(c) => {
-                attrs.communities = c
-                    .communities()
-                    .iter()
-                    .map(|c| (c.collection_asn(), c.collection_value()))
-                    .collect();
-            }
-            PathAttributeValue::LargeCommunities(c) => {
-                attrs.large_communities = c
-                    .communities()
-                    .iter()
-                    .map(|c| (c.global_admin(), c.local_data1(), c.local_data2()))
-                    .collect();
-            }
-            PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
-                next_hop_global,
-                nlri,
-                ..
-            }) => {
-                attrs.next_hop = Some(IpAddr::V6(*next_hop_global));
-                out.announce
-                    .extend(nlri.iter().map(|n| IpNet::V6(n.network().address())));
-            }
-            PathAttributeValue::MpReach(MpReach::Ipv4Unicast { next_hop, nlri, .. }) => {
-                attrs.next_hop = Some(*next_hop);
-                out.announce
-                    .extend(nlri.iter().map(|n| IpNet::V4(n.network().address())));
-            }
-            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => out
-                .withdraw
-                .extend(nlri.iter().map(|n| IpNet::V6(n.network().address()))),
-            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri }) => out
-                .withdraw
-                .extend(nlri.iter().map(|n| IpNet::V4(n.network().address()))),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Our NOTIFICATION from netgauze's, through its own encoder (code, subcode, data).
-fn notification_from_netgauze(n: &BgpNotificationMessage) -> Notification {
-    let mut body = Vec::new();
-    match n.write(&mut Cursor::new(&mut body)) {
-        Ok(()) if body.len() >= 2 => Notification::new(body[0], body[1], body[2..].to_vec()),
-        _ => Notification::new(code::CEASE, 0, []),
-    }
-}
-
-/// Netgauze's NOTIFICATION from ours, through its own parser.
-fn notification_to_netgauze(n: &Notification) -> Result<BgpNotificationMessage, WireError> {
-    let mut body = vec![n.code, n.subcode];
-    body.extend_from_slice(&n.data);
-    BgpNotificationMessage::parse(&mut SliceReader::new(&body)).map_err(|e| WireError::Encode {
-        what: "NOTIFICATION",
-        detail: e.to_string(),
-    })
-}
-
 /// Encodes one message. UPDATEs must fit in [`MAX_MESSAGE_LEN`]: see [`encode_updates`].
 pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     let ng = to_netgauze(msg)?;
@@ -453,217 +283,13 @@ fn encode_split(update: &Update, out: &mut Vec<Vec<u8>>) -> Result<(), WireError
     }
 }
 
-fn to_netgauze(msg: &Message) -> Result<BgpMessage, WireError> {
-    Ok(match msg {
-        Message::Open(open) => BgpMessage::Open(open_to_netgauze(open)),
-        Message::Update(update) => BgpMessage::Update(update_to_netgauze(update)?),
-        Message::EndOfRib(Family::Ipv4) => {
-            BgpMessage::Update(BgpUpdateMessage::new(Vec::new(), Vec::new(), Vec::new()))
-        }
-        Message::EndOfRib(Family::Ipv6) => BgpMessage::Update(BgpUpdateMessage::new(
-            Vec::new(),
-            vec![attribute(PathAttributeValue::MpUnreach(
-                MpUnreach::Ipv6Unicast { nlri: Box::new([]) },
-            ))?],
-            Vec::new(),
-        )),
-        Message::Keepalive => BgpMessage::KeepAlive,
-        Message::Notification(n) => BgpMessage::Notification(notification_to_netgauze(n)?),
-        Message::RouteRefresh(family) => BgpMessage::RouteRefresh(BgpRouteRefreshMessage::new(
-            family.address_type(),
-            RouteRefreshSubcode::NormalRequest,
-        )),
-    })
-}
-
-fn open_to_netgauze(open: &Open) -> BgpOpenMessage {
-    let caps = &open.capabilities;
-    let mut list = Vec::new();
-    for family in &caps.families {
-        list.push(BgpCapability::MultiProtocolExtensions(
-            MultiProtocolExtensionsCapability::new(family.address_type()),
-        ));
-    }
-    if caps.route_refresh {
-        list.push(BgpCapability::RouteRefresh);
-    }
-    if let Some(gr) = &caps.graceful_restart {
-        list.push(BgpCapability::GracefulRestartCapability(
-            GracefulRestartCapability::new(
-                gr.restarting,
-                false,
-                gr.restart_time,
-                gr.families
-                    .iter()
-                    .map(|f| GracefulRestartAddressFamily::new(gr.forwarding, f.address_type()))
-                    .collect::<Vec<_>>(),
-            ),
-        ));
-    }
-    if let Some(asn) = caps.four_octet_as {
-        list.push(BgpCapability::FourOctetAs(FourOctetAsCapability::new(asn)));
-    }
-    let my_as = u16::try_from(open.asn).unwrap_or(AS_TRANS);
-    // One capability per parameter, as FRR, BIRD and GoBGP do.
-    let params: Vec<_> = list
-        .into_iter()
-        .map(|c| BgpOpenMessageParameter::new_capabilities([c]))
-        .collect();
-    BgpOpenMessage::new(my_as, open.hold_time, open.router_id, params)
-}
-
-fn attribute(value: PathAttributeValue) -> Result<PathAttribute, WireError> {
-    let (optional, transitive) = match &value {
-        PathAttributeValue::Origin(_)
-        | PathAttributeValue::AsPath(_)
-        | PathAttributeValue::NextHop(_)
-        | PathAttributeValue::LocalPreference(_) => (false, true),
-        PathAttributeValue::MultiExitDiscriminator(_)
-        | PathAttributeValue::MpReach(_)
-        | PathAttributeValue::MpUnreach(_) => (true, false),
-        _ => (true, true),
-    };
-    let extended = matches!(
-        value,
-        PathAttributeValue::MpReach(_)
-            | PathAttributeValue::MpUnreach(_)
-            | PathAttributeValue::Communities(_)
-            | PathAttributeValue::LargeCommunities(_)
-    );
-    PathAttribute::from(optional, transitive, false, extended, value).map_err(|(_, e)| {
-        WireError::Encode {
-            what: "path attribute",
-            detail: format!("{e:?}"),
-        }
-    })
-}
-
-fn v4_nlri(nets: &[Ipv4Net]) -> Result<Vec<Ipv4UnicastAddress>, WireError> {
-    nets.iter()
-        .map(|n| {
-            Ipv4Unicast::from_net(*n)
-                .map(Ipv4UnicastAddress::new_no_path_id)
-                .map_err(|e| WireError::Encode {
-                    what: "IPv4 NLRI",
-                    detail: format!("{n}: {e:?}"),
-                })
-        })
-        .collect()
-}
-
-fn v6_nlri(nets: &[Ipv6Net]) -> Result<Vec<Ipv6UnicastAddress>, WireError> {
-    nets.iter()
-        .map(|n| {
-            Ipv6Unicast::from_net(*n)
-                .map(|u| Ipv6UnicastAddress::new(None, u))
-                .map_err(|e| WireError::Encode {
-                    what: "IPv6 NLRI",
-                    detail: format!("{n}: {e:?}"),
-                })
-        })
-        .collect()
-}
-
-fn split(nets: &[IpNet]) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for net in nets {
-        match net {
-            IpNet::V4(n) => v4.push(*n),
-            IpNet::V6(n) => v6.push(*n),
-        }
-    }
-    (v4, v6)
-}
-
-fn update_to_netgauze(update: &Update) -> Result<BgpUpdateMessage, WireError> {
-    let (a4, a6) = split(&update.announce);
-    let (w4, w6) = split(&update.withdraw);
-    let mut attrs = Vec::new();
-    if !update.announce.is_empty() {
-        let a = &update.attributes;
-        attrs.push(attribute(PathAttributeValue::Origin(Origin::IGP))?);
-        let segments = if a.as_path.is_empty() {
-            Vec::new()
-        } else {
-            vec![As4PathSegment::new(
-                AsPathSegmentType::AsSequence,
-                a.as_path.clone(),
-            )]
-        };
-        attrs.push(attribute(PathAttributeValue::AsPath(
-            AsPath::As4PathSegments(segments.into()),
-        ))?);
-        if !a4.is_empty() {
-            let Some(IpAddr::V4(nh)) = a.next_hop else {
-                return Err(WireError::Encode {
-                    what: "UPDATE",
-                    detail: "IPv4 NLRI need an IPv4 next hop".into(),
-                });
-            };
-            attrs.push(attribute(PathAttributeValue::NextHop(NextHop::new(nh)))?);
-        }
-        if let Some(med) = a.med {
-            attrs.push(attribute(PathAttributeValue::MultiExitDiscriminator(
-                MultiExitDiscriminator::new(med),
-            ))?);
-        }
-        if let Some(lp) = a.local_pref {
-            attrs.push(attribute(PathAttributeValue::LocalPreference(
-                LocalPreference::new(lp),
-            ))?);
-        }
-        if !a.communities.is_empty() {
-            let list: Vec<_> = a
-                .communities
-                .iter()
-                .map(|&(hi, lo)| Community::new((u32::from(hi) << 16) | u32::from(lo)))
-                .collect();
-            attrs.push(attribute(PathAttributeValue::Communities(
-                Communities::new(list),
-            ))?);
-        }
-        if !a.large_communities.is_empty() {
-            let list: Vec<_> = a
-                .large_communities
-                .iter()
-                .map(|&(g, l1, l2)| LargeCommunity::new(g, l1, l2))
-                .collect();
-            attrs.push(attribute(PathAttributeValue::LargeCommunities(
-                LargeCommunities::new(list),
-            ))?);
-        }
-        if !a6.is_empty() {
-            let Some(IpAddr::V6(nh)) = a.next_hop else {
-                return Err(WireError::Encode {
-                    what: "UPDATE",
-                    detail: "IPv6 NLRI need an IPv6 next hop".into(),
-                });
-            };
-            attrs.push(attribute(PathAttributeValue::MpReach(
-                MpReach::Ipv6Unicast {
-                    next_hop_global: nh,
-                    next_hop_local: None,
-                    nlri: v6_nlri(&a6)?.into(),
-                },
-            ))?);
-        }
-    }
-    if !w6.is_empty() {
-        attrs.push(attribute(PathAttributeValue::MpUnreach(
-            MpUnreach::Ipv6Unicast {
-                nlri: v6_nlri(&w6)?.into(),
-            },
-        ))?);
-    }
-    Ok(BgpUpdateMessage::new(v4_nlri(&w4)?, attrs, v4_nlri(&a4)?))
-}
-
 /// A host prefix (/32 or /128) for an address.
 pub fn host_prefix(addr: IpAddr) -> IpNet {
     IpNet::from(addr)
 }
 
+mod decode;
+mod encode;
 mod rfc7606;
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use std::net::Ipv6Addr;
 
+use ipnet::Ipv4Net;
+
 use super::*;
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
