@@ -171,6 +171,16 @@ impl XdpHarness {
     /// Runs `frame` once through the TC program `name` (loaded on first use, sharing this
     /// object's maps): its return code (`TC_ACT_*`) and the frame as it left.
     pub fn run_tc(&mut self, name: &str, frame: &[u8]) -> (i32, Vec<u8>) {
+        self.run_tc_with(name, frame, None)
+    }
+
+    /// [`Self::run_tc`] with a `struct __sk_buff` as context (see [`sk_buff`]).
+    pub fn run_tc_with(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        sk_buff: Option<&[u8]>,
+    ) -> (i32, Vec<u8>) {
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
@@ -187,6 +197,7 @@ impl XdpHarness {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: sk_buff,
                 ..TestRunOptions::default()
             })
             .unwrap_or_else(|e| panic!("BPF_PROG_RUN of {name}: {e:?}"));
@@ -355,6 +366,25 @@ fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutp
         verdict: result.return_value.into(),
         frame: out,
     })
+}
+
+/// A `struct __sk_buff` for BPF_PROG_RUN of a TC program: the packet arrived on
+/// `ingress_ifindex` and, unless `gso_size` is 0, is a GSO packet of `gso_size`-byte segments
+/// (two of them); every other field 0. Offsets and size from the kernel's BTF (`bpftool btf
+/// dump file /sys/kernel/btf/vmlinux`, `__sk_buff`).
+pub fn sk_buff(ingress_ifindex: u32, gso_size: u32) -> Vec<u8> {
+    const SIZE: usize = 192;
+    const INGRESS_IFINDEX: usize = 36;
+    const GSO_SEGS: usize = 164;
+    const GSO_SIZE: usize = 176;
+    let mut ctx = vec![0u8; SIZE];
+    let mut put = |at: usize, value: u32| ctx[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+    put(INGRESS_IFINDEX, ingress_ifindex);
+    if gso_size != 0 {
+        put(GSO_SEGS, 2);
+        put(GSO_SIZE, gso_size);
+    }
+    ctx
 }
 
 /// The `struct xdp_md` BPF_PROG_RUN takes as context: data 0, data_end = frame length,

@@ -54,6 +54,8 @@ pub struct Shape<'a> {
     pub udp_zero_checksum: bool,
     /// TCP only: the flags byte.
     pub tcp_flags: u8,
+    /// IPv4 only: Don't Fragment set (what Linux sends for TCP and path-MTU-discovering UDP).
+    pub dont_fragment: bool,
 }
 
 impl Default for Shape<'_> {
@@ -65,6 +67,7 @@ impl Default for Shape<'_> {
             frag_dest_opts: false,
             udp_zero_checksum: false,
             tcp_flags: TCP_SYN,
+            dont_fragment: false,
         }
     }
 }
@@ -110,7 +113,7 @@ impl Flow {
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 let (id, frag) = match shape.frag {
-                    Frag::Whole => (0x1234, 0),
+                    Frag::Whole => (0x1234, if shape.dont_fragment { 0x4000 } else { 0 }),
                     Frag::First(id) => (id as u16, 0x2000),
                     Frag::Later(id) => (id as u16, 1),
                 };
