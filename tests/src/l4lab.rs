@@ -283,6 +283,28 @@ impl L4Lab {
     pub fn path(&self, name: &str) -> PathBuf {
         self.lab.path(name)
     }
+
+    /// Waits up to 30 s until a TCP request to the VIP of the family is answered; panics with
+    /// the last error and `agent`'s log otherwise, or as soon as `agent` exits.
+    pub fn wait_serving(&self, agent: &mut Daemon, v6: bool) {
+        let to = vip(TCP, v6);
+        let mut last = None;
+        let served = crate::process::poll_until(Duration::from_secs(30), || {
+            agent.assert_running();
+            match client::tcp_request(&self.client, to, Duration::from_millis(300)) {
+                Ok(reply) => Some(reply),
+                Err(e) => {
+                    last = Some(e);
+                    None
+                }
+            }
+        });
+        assert!(
+            served.is_some(),
+            "no answer from {to} within 30 s (last error: {last:?}); agent log:\n{}",
+            agent.log_tail()
+        );
+    }
 }
 
 /// VIP:port of a Service port, by family.

@@ -22,7 +22,7 @@ use testkit::{
         client::{self, Fleet, Reply},
         stats,
     },
-    process::{Daemon, poll_until},
+    process::Daemon,
 };
 
 /// The lab and its running agent (dropped first).
@@ -42,23 +42,7 @@ impl Running {
 
     /// Waits until a TCP request to the VIP (of the family) is answered.
     fn wait_serving(&mut self, v6: bool) {
-        let to = l4lab::vip(TCP, v6);
-        let mut last = None;
-        let served = poll_until(Duration::from_secs(30), || {
-            self.agent.assert_running();
-            match client::tcp_request(&self.lab.client, to, Duration::from_millis(300)) {
-                Ok(reply) => Some(reply),
-                Err(e) => {
-                    last = Some(e);
-                    None
-                }
-            }
-        });
-        assert!(
-            served.is_some(),
-            "no answer from {to} within 30 s (last error: {last:?}); agent log:\n{}",
-            self.agent.log_tail()
-        );
+        self.lab.wait_serving(&mut self.agent, v6);
     }
 
     fn fail(&self, what: &str) -> ! {

@@ -7,7 +7,7 @@
 use std::{io, net::UdpSocket, time::Duration};
 
 use testkit::{
-    l4lab::{self, CLOSED, L4Lab, Options, TCP, client},
+    l4lab::{self, CLOSED, L4Lab, Options},
     probe::in_netns,
     process::poll_until,
 };
@@ -17,16 +17,7 @@ fn a_closed_port_behind_the_vip_is_refused_over_ipv4_and_ipv6() {
     let mut lab = L4Lab::new(&Options::default());
     let mut agent = lab.start_agent("agent.log");
     for v6 in [false, true] {
-        let to = l4lab::vip(TCP, v6);
-        let served = poll_until(Duration::from_secs(30), || {
-            agent.assert_running();
-            client::tcp_request(&lab.client, to, Duration::from_millis(300)).ok()
-        });
-        assert!(
-            served.is_some(),
-            "no answer from {to} within 30 s; agent log:\n{}",
-            agent.log_tail()
-        );
+        lab.wait_serving(&mut agent, v6);
 
         let closed = l4lab::vip(CLOSED, v6);
         let socket = in_netns(&lab.client, move || {

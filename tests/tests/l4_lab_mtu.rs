@@ -26,16 +26,7 @@ fn a_pod_learns_the_mtu_of_the_way_to_the_client_over_ipv4_and_ipv6() {
     let mut lab = L4Lab::new(&Options::default());
     let mut agent = lab.start_agent("agent.log");
     for v6 in [false, true] {
-        let to = l4lab::vip(TCP, v6);
-        let served = poll_until(Duration::from_secs(30), || {
-            agent.assert_running();
-            client::tcp_request(&lab.client, to, Duration::from_millis(300)).ok()
-        });
-        assert!(
-            served.is_some(),
-            "no answer from {to} within 30 s; agent log:\n{}",
-            agent.log_tail()
-        );
+        lab.wait_serving(&mut agent, v6);
     }
     narrow(&lab.node, "up1");
     narrow(&lab.client, "eth1");

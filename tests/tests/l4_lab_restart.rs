@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use testkit::{
     l4lab::{self, L4Lab, Options, REQUEST_TIMEOUT, TCP, client},
-    process::{poll_until, wait_for},
+    process::wait_for,
 };
 
 #[test]
@@ -21,16 +21,7 @@ fn a_restarted_agent_steers_from_the_pinned_maps_before_reconciling() {
     });
     let mut agent = lab.start_agent("agent.log");
     for v6 in [false, true] {
-        let to = l4lab::vip(TCP, v6);
-        let served = poll_until(Duration::from_secs(30), || {
-            agent.assert_running();
-            client::tcp_request(&lab.client, to, Duration::from_millis(300)).ok()
-        });
-        assert!(
-            served.is_some(),
-            "no answer from {to} within 30 s; agent log:\n{}",
-            agent.log_tail()
-        );
+        lab.wait_serving(&mut agent, v6);
     }
 
     agent.signal(libc::SIGKILL);
