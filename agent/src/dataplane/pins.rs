@@ -8,6 +8,10 @@
 //! What the old map held is lost: the agent rewrites its own tables at the first reconcile,
 //! conntrack starts over (flows are picked again, by Maglev mostly as before), counters
 //! restart from zero.
+//!
+//! The VIP filter needs two more steps, being a global variable of the program: its pin is
+//! made from its definition with BTF ([`ensure_vip_filter_pin`]), and what the pin holds is read
+//! before loading ([`pinned_vip_filter`]), because loading writes a global's initial value.
 
 use aya::{
     EbpfLoader,
