@@ -368,7 +368,7 @@ fn timed_requests(conn: &mut TcpConn, timeout: Duration) -> Vec<f64> {
 /// Detached when the returned object is dropped.
 fn attach_empty_xdp(lab: &L4Lab, ifname: &str) -> Ebpf {
     let mut ebpf = livegen::load_programs(&mut EbpfLoader::new(), &[programs::XDP_PASS_ALL]);
-    livegen::attach_native(&mut ebpf, programs::XDP_PASS_ALL, &lab.node, ifname);
+    let _ = livegen::attach_native(&mut ebpf, programs::XDP_PASS_ALL, &lab.node, ifname);
     ebpf
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use testkit::Netns;
 
@@ -132,7 +132,7 @@ pub fn program<'a>(ebpf: &'a Ebpf, name: &str) -> &'a Xdp {
 /// Attaches the loaded XDP program `name` of `ebpf` to `ifname` in `ns`, natively (a veth
 /// takes XDP_TX or redirected frames from its peer only if it has an XDP program of its own:
 /// TOOLCHAIN.md). It stays attached until `ebpf` is dropped.
-pub fn attach_native(ebpf: &mut Ebpf, name: &str, ns: &Netns, ifname: &str) {
+pub fn attach_native(ebpf: &mut Ebpf, name: &str, ns: &Netns, ifname: &str) -> XdpLinkId {
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .and_then(|p| p.try_into().ok())
@@ -140,8 +140,19 @@ pub fn attach_native(ebpf: &mut Ebpf, name: &str, ns: &Netns, ifname: &str) {
     in_netns_scoped(ns, || {
         program
             .attach(ifname, XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("attaching {name} to {ifname}: {e:?}"));
-    });
+            .unwrap_or_else(|e| panic!("attaching {name} to {ifname}: {e:?}"))
+    })
+}
+
+/// Detaches what [`attach_native`] attached.
+pub fn detach(ebpf: &mut Ebpf, name: &str, link: XdpLinkId) {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("{name} is loaded"));
+    program
+        .detach(link)
+        .unwrap_or_else(|e| panic!("detaching {name}: {e:?}"));
 }
 
 /// Runs `f` in a scoped thread that has joined `ns`'s network namespace, where BPF_PROG_RUN and
