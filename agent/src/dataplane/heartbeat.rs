@@ -73,12 +73,16 @@ impl Heartbeat {
         })
     }
 
-    /// Calls `beat` every `every` while the main loop showed progress within `wedged_after`.
+    /// Calls `beat` every `every` while the main loop showed progress within `wedged_after`,
+    /// or within three `every`s if that is longer: an idle main loop shows progress only when
+    /// its own ticker (also every `every`) wakes it, which with a long heartbeat timeout is
+    /// rarer than `WEDGED_AFTER`.
     fn spawn(
         every: Duration,
         wedged_after: Duration,
         beat: impl FnMut() -> Result<(), MapError> + Send + 'static,
     ) -> Result<Self, MapError> {
+        let wedged_after = wedged_after.max(every * 3);
         let shared = Arc::new(Shared {
             alive_ns: AtomicU64::new(monotonic_ns()),
             state: Mutex::new(State::default()),
@@ -263,6 +267,27 @@ mod tests {
         assert_eq!(beats_within(&beats, Duration::from_millis(200)), 0);
         heart.alive();
         assert!(beats_within(&beats, Duration::from_millis(80)) >= 2);
+    }
+
+    #[test]
+    fn a_main_loop_that_wakes_only_with_its_ticker_is_alive() {
+        // The threshold (5 ms) is shorter than the ticks (20 ms), as WEDGED_AFTER is with a
+        // heartbeat timeout of minutes.
+        let beats = Arc::new(AtomicU64::new(0));
+        let counter = beats.clone();
+        let every = Duration::from_millis(20);
+        let heart = Heartbeat::spawn(every, Duration::from_millis(5), move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+        // Half a tick out of phase with the beats: each beat finds the loop 10 ms idle.
+        std::thread::sleep(every / 2);
+        for _ in 0..15 {
+            heart.alive();
+            std::thread::sleep(every);
+        }
+        assert!(beats.load(Ordering::Relaxed) >= 10, "{beats:?}");
     }
 
     #[test]
