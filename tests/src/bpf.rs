@@ -368,22 +368,14 @@ fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutp
     })
 }
 
-/// A `struct __sk_buff` for BPF_PROG_RUN of a TC program: the packet arrived on
-/// `ingress_ifindex` and, unless `gso_size` is 0, is a GSO packet of `gso_size`-byte segments
-/// (two of them); every other field 0. Offsets and size from the kernel's BTF (`bpftool btf
+/// A `struct __sk_buff` for BPF_PROG_RUN of a TC program whose packet arrived on
+/// `ingress_ifindex`; every other field 0. Offset and size from the kernel's BTF (`bpftool btf
 /// dump file /sys/kernel/btf/vmlinux`, `__sk_buff`).
-pub fn sk_buff(ingress_ifindex: u32, gso_size: u32) -> Vec<u8> {
+pub fn sk_buff(ingress_ifindex: u32) -> Vec<u8> {
     const SIZE: usize = 192;
     const INGRESS_IFINDEX: usize = 36;
-    const GSO_SEGS: usize = 164;
-    const GSO_SIZE: usize = 176;
     let mut ctx = vec![0u8; SIZE];
-    let mut put = |at: usize, value: u32| ctx[at..at + 4].copy_from_slice(&value.to_ne_bytes());
-    put(INGRESS_IFINDEX, ingress_ifindex);
-    if gso_size != 0 {
-        put(GSO_SEGS, 2);
-        put(GSO_SIZE, gso_size);
-    }
+    ctx[INGRESS_IFINDEX..INGRESS_IFINDEX + 4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     ctx
 }
 

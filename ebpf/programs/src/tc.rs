@@ -15,9 +15,12 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_OK, bpf_fib_lookup as FibLookup,
+        TC_ACT_OK,
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
+        bpf_check_mtu_ret::{BPF_MTU_CHK_RET_FRAG_NEEDED, BPF_MTU_CHK_RET_SEGS_TOOBIG},
+        bpf_fib_lookup as FibLookup,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
@@ -138,7 +141,7 @@ fn cached_peer_delivery(ctx: &TcContext, backend_id: u32, ifindex: u32, flags: u
 #[inline(always)]
 pub(crate) fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16]) -> Option<i32> {
     let mut slot = FibSlot::new();
-    route_to_client(&mut slot, ctx, vip, client, 0).send(ctx)
+    route_to_client(&mut slot, ctx, vip, client).send(ctx)
 }
 
 /// The FIB's answer for a packet from `vip` to `client`, looked up before the packet is
@@ -146,32 +149,58 @@ pub(crate) fn send_to_client(ctx: &TcContext, vip: &[u8; 16], client: &[u8; 16])
 pub(crate) struct Route<'a> {
     rc: u32,
     fib: &'a mut FibLookup,
+    too_big: bool,
 }
 
-/// Looks up the way from `vip` to `client` in `slot`. `segment_len`: for a GSO packet, the IP
-/// length of each packet it becomes, checked against the route's MTU; 0 for any other
-/// packet, which the helper checks whole against the egress device's MTU (it waves every
-/// GSO packet through, and the kernel's forwarding would not).
+/// Looks up the way from `vip` to `client` in `slot`, and whether the packet fits the MTU of
+/// the device it names.
 #[inline(always)]
 pub(crate) fn route_to_client<'a>(
     slot: &'a mut FibSlot,
     ctx: &TcContext,
     vip: &[u8; 16],
     client: &[u8; 16],
-    segment_len: u16,
 ) -> Route<'a> {
     let fib = fib_params(slot, vip, client, ctx);
-    fib.__bindgen_anon_1.tot_len = segment_len;
     let rc = fib_lookup(ctx, fib);
-    Route { rc, fib }
+    let named = matches!(
+        rc,
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED
+    );
+    let too_big = named && exceeds_mtu(ctx, fib.ifindex);
+    Route { rc, fib, too_big }
+}
+
+/// Whether the packet, or for a GSO packet each of its segments, exceeds the MTU of device
+/// `ifindex`. The device's MTU, as the kernel's forwarding uses it by default: not the FIB
+/// helper's own check, which takes a learned path MTU or a locked route MTU when given a
+/// length and passes every GSO packet when not, nor checks at all without a neighbour.
+#[inline(always)]
+fn exceeds_mtu(ctx: &TcContext, ifindex: u32) -> bool {
+    let mut mtu = 0u32;
+    // SAFETY: the context is this program's skb; mtu is ours, and 0 on input as
+    // BPF_MTU_CHK_SEGS requires.
+    let rc = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            ifindex,
+            &mut mtu,
+            0,
+            u64::from(BPF_MTU_CHK_SEGS),
+        )
+    };
+    matches!(
+        u32::try_from(rc),
+        Ok(BPF_MTU_CHK_RET_FRAG_NEEDED | BPF_MTU_CHK_RET_SEGS_TOOBIG)
+    )
 }
 
 impl Route<'_> {
-    /// Too big for the way to the client: the kernel's forwarding would send the sender an
-    /// ICMP "fragmentation needed" or "packet too big" for it.
+    /// Too big for the device the FIB named: the kernel's forwarding would send the sender an
+    /// ICMP "fragmentation needed" or "packet too big" for it (or fragment it, IPv4 without DF).
     #[inline(always)]
     pub(crate) fn too_big(&self) -> bool {
-        self.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED
+        self.too_big
     }
 
     /// Sends the packet out of the interface the FIB named, past the host's FORWARD chain;
@@ -179,6 +208,9 @@ impl Route<'_> {
     #[inline(always)]
     pub(crate) fn send(self, ctx: &TcContext) -> Option<i32> {
         let fib = self.fib;
+        if self.too_big {
+            return Some(TC_ACT_OK);
+        }
         Some(match self.rc {
             BPF_FIB_LKUP_RET_SUCCESS => {
                 set_macs(ctx, fib_macs(fib))?;
@@ -249,8 +281,8 @@ fn fib_params<'a>(
         fib.__bindgen_anon_3.ipv6_src = words(src);
         fib.__bindgen_anon_4.ipv6_dst = words(dst);
     }
-    // tot_len stays 0 unless the caller sets it: the helper then checks the skb against the
-    // egress MTU itself (a GRO/GSO packet's length would be compared with the MTU as is).
+    // tot_len stays 0: the helper then checks the skb against the egress MTU itself (a
+    // GRO/GSO packet's length would be compared with the MTU as is).
     fib
 }
 

@@ -206,13 +206,7 @@ fn flow_packet(ctx: &TcContext, h: &Headers) -> i64 {
     // SAFETY: a map value from a successful lookup, copied at once.
     let entry = unsafe { *entry };
     let mut slot = FibSlot::new();
-    let route = route_to_client(
-        &mut slot,
-        ctx,
-        &entry.nat_addr_be,
-        &h.dst,
-        segment_len(ctx, &h),
-    );
+    let route = route_to_client(&mut slot, ctx, &entry.nat_addr_be, &h.dst);
     // Too big for the way out, and not to be fragmented on it: left to the kernel as the pod
     // sent it, whose forwarding then tells the pod the MTU (ICMP fragmentation needed or
     // packet too big) and drops it; the pod sends smaller packets from then on. Rewritten
@@ -236,28 +230,6 @@ fn flow_packet(ctx: &TcContext, h: &Headers) -> i64 {
         let _ = maps::REPLY_FRAGMENTS.insert(&fragment_key(&h), &value, 0);
     }
     sent(route.send(ctx))
-}
-
-/// For a GSO packet (a pod's TSO or UDP_SEGMENT send), the IP length of each packet it
-/// becomes on the wire; 0 for any other packet.
-#[inline(always)]
-fn segment_len(ctx: &TcContext, h: &Headers) -> u16 {
-    // SAFETY: the context pointer is valid for this run; gso_size is a plain load.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size == 0 {
-        return 0;
-    }
-    let l4_header = match h.proto {
-        // The data offset, in 32-bit words.
-        IPPROTO_TCP => match ctx.load::<u8>(h.l4 as usize + 12) {
-            Ok(offset) => u32::from(offset >> 4) * 4,
-            Err(_) => return 0,
-        },
-        IPPROTO_UDP => 8,
-        _ => return 0,
-    };
-    let len = (h.l4 - ETH_HLEN) + l4_header + gso_size;
-    u16::try_from(len).unwrap_or(u16::MAX)
 }
 
 /// A later fragment of a reply whose first fragment was rewritten: the same source address
