@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use vipwire_common::{
     l4::{
-        BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey, CtValue, MAGLEV_CHUNK_SLOTS,
-        MaglevChunk, MaglevKey, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES, ServiceKey, ServiceStats,
-        ServiceValue, SourceRange, VipFilter, v4_mapped, vip_filter_bit,
+        BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey, CtKey4, CtValue,
+        MAGLEV_CHUNK_SLOTS, MaglevChunk, MaglevKey, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
+        ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter, is_v4_mapped, v4_mapped,
+        vip_filter_bit,
     },
     maps,
 };
@@ -122,22 +123,41 @@ pub fn ct_reverse(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -
     }
 }
 
+/// The conntrack entry of `key`, from `vipwire_conntrack4_v1` when both its addresses are
+/// IPv4(-mapped), as the programs keep IPv4 flows, else from `vipwire_conntrack_v1`.
 pub fn conntrack(h: &mut XdpHarness, key: &CtKey) -> Option<CtValue> {
-    let ct: HashMap<&mut MapData, CtKey, CtValue> =
-        HashMap::try_from(h.map_mut(maps::CONNTRACK)).expect("conntrack map");
-    ct.get(key, 0).ok()
+    match ipv4_key(key) {
+        Some(key4) => conntrack4_map(h).get(&key4, 0).ok(),
+        None => conntrack6_map(h).get(key, 0).ok(),
+    }
 }
 
 pub fn remove_conntrack(h: &mut XdpHarness, key: &CtKey) {
-    let mut ct: HashMap<&mut MapData, CtKey, CtValue> =
-        HashMap::try_from(h.map_mut(maps::CONNTRACK)).expect("conntrack map");
-    ct.remove(key).expect("remove conntrack entry");
+    match ipv4_key(key) {
+        Some(key4) => conntrack4_map(h).remove(&key4),
+        None => conntrack6_map(h).remove(key),
+    }
+    .expect("remove conntrack entry");
 }
 
 pub fn set_conntrack(h: &mut XdpHarness, key: CtKey, value: CtValue) {
-    let mut ct: HashMap<&mut MapData, CtKey, CtValue> =
-        HashMap::try_from(h.map_mut(maps::CONNTRACK)).expect("conntrack map");
-    ct.insert(key, value, 0).expect("insert conntrack");
+    match ipv4_key(&key) {
+        Some(key4) => conntrack4_map(h).insert(key4, value, 0),
+        None => conntrack6_map(h).insert(key, value, 0),
+    }
+    .expect("insert conntrack");
+}
+
+fn ipv4_key(key: &CtKey) -> Option<CtKey4> {
+    (is_v4_mapped(&key.src_be) && is_v4_mapped(&key.dst_be)).then(|| key.v4())
+}
+
+fn conntrack6_map(h: &mut XdpHarness) -> HashMap<&mut MapData, CtKey, CtValue> {
+    HashMap::try_from(h.map_mut(maps::CONNTRACK)).expect("conntrack map")
+}
+
+fn conntrack4_map(h: &mut XdpHarness) -> HashMap<&mut MapData, CtKey4, CtValue> {
+    HashMap::try_from(h.map_mut(maps::CONNTRACK4)).expect("IPv4 conntrack map")
 }
 
 /// Service `id`'s counters summed over CPUs.

@@ -455,6 +455,34 @@ fn tc_programs_load_and_reply_nat_restores_the_frontend() {
     }
 }
 
+/// An IPv6 packet whose addresses are the IPv4-mapped forms of a tracked IPv4 flow's is not
+/// that flow: the reply program keeps the families' conntrack entries apart (before IPv4
+/// flows had a map of their own, their 16-byte keys matched it, and the IPv6 packet was
+/// rewritten with the IPv4 VIP's mapped form).
+#[test]
+fn reply_nat_does_not_take_ipv4_mapped_ipv6_for_an_ipv4_flow() {
+    use vipwire_common::programs::TC_REPLY;
+    const TC_ACT_OK: i32 = 0;
+    let mut h = setup();
+    steer(&mut h, &flow(CLIENT4, VIP4, 47100, 80, TCP).frame());
+    let pod = "10.244.0.11";
+    let tracked = flow(pod, CLIENT4, 8080, 47100, TCP).frame();
+    assert_ne!(
+        h.run_tc(TC_REPLY, &tracked).1,
+        tracked,
+        "the IPv4 reply is ours"
+    );
+    let mapped = flow(
+        &format!("::ffff:{pod}"),
+        &format!("::ffff:{CLIENT4}"),
+        8080,
+        47100,
+        TCP,
+    )
+    .frame();
+    assert_eq!(h.run_tc(TC_REPLY, &mapped), (TC_ACT_OK, mapped));
+}
+
 /// A pod that leaves its SCTP CRC32c to offload (a veth advertises it) sends the field as 0,
 /// and the kernel computes it on the way out over the packet as it is then, field included:
 /// the reply NAT must leave that 0 alone (RFC 9653's zero checksum is 0 on the wire too).

@@ -68,8 +68,12 @@ pub mod maps {
     pub const MAGLEV: &str = "vipwire_maglev_v1";
     /// `HASH` backend id (`u32`) -> [`crate::l4::BackendValue`]: local endpoints.
     pub const BACKENDS: &str = "vipwire_backends_v1";
-    /// `LRU_HASH` [`crate::l4::CtKey`] -> [`crate::l4::CtValue`]: flows, both directions.
+    /// `LRU_HASH` [`crate::l4::CtKey`] -> [`crate::l4::CtValue`]: IPv6 flows, both
+    /// directions.
     pub const CONNTRACK: &str = "vipwire_conntrack_v1";
+    /// `LRU_HASH` [`crate::l4::CtKey4`] -> [`crate::l4::CtValue`]: IPv4 flows, both
+    /// directions.
+    pub const CONNTRACK4: &str = "vipwire_conntrack4_v1";
     /// `LRU_HASH` [`crate::l4::AffinityKey`] -> [`crate::l4::AffinityValue`]: ClientIP
     /// affinity.
     pub const AFFINITY: &str = "vipwire_affinity_v1";
@@ -84,7 +88,7 @@ pub mod maps {
     pub const SERVICE_STATS: &str = "vipwire_service_stats_v1";
 
     /// Every contract map (not aya-log's `AYA_LOGS` ring buffer or the `.rodata` globals).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         L2_VIP4,
         L2_VIP6,
         IFACES,
@@ -94,6 +98,7 @@ pub mod maps {
         MAGLEV,
         BACKENDS,
         CONNTRACK,
+        CONNTRACK4,
         AFFINITY,
         SOURCE_RANGES,
         FRAGMENTS,

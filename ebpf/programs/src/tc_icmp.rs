@@ -71,6 +71,7 @@ fn rewrite_v4(ctx: &TcContext) -> Option<[u8; 16]> {
         old_port,
         client_port,
         hdr.proto,
+        false,
     )?;
     let n = &entry.nat_addr_be;
     let vip = [n[12], n[13], n[14], n[15]];
@@ -121,7 +122,14 @@ fn rewrite_v6(ctx: &TcContext) -> Option<[u8; 16]> {
     let inner_l4 = inner_at + size_of::<Ipv6Hdr>();
     let ports = unsafe { *ptr_at::<[u8; 4]>(ctx, inner_l4)? };
     let (old_port, client_port) = ([ports[2], ports[3]], [ports[0], ports[1]]);
-    let entry = reverse_entry(hdr.dst, hdr.src, old_port, client_port, hdr.next_header)?;
+    let entry = reverse_entry(
+        hdr.dst,
+        hdr.src,
+        old_port,
+        client_port,
+        hdr.next_header,
+        true,
+    )?;
     let vip = entry.nat_addr_be;
     let new_port = entry.nat_port_be;
     let l4_delta = Delta::new()
@@ -147,7 +155,8 @@ fn rewrite_v6(ctx: &TcContext) -> Option<[u8; 16]> {
     Some(vip)
 }
 
-/// The reverse conntrack entry of the flow pod:`pod_port` → client:`client_port`.
+/// The reverse conntrack entry of the flow pod:`pod_port` → client:`client_port` (`v6`: its
+/// family).
 #[inline(always)]
 fn reverse_entry(
     pod: [u8; 16],
@@ -155,6 +164,7 @@ fn reverse_entry(
     pod_port: [u8; 2],
     client_port: [u8; 2],
     proto: u8,
+    v6: bool,
 ) -> Option<CtValue> {
     let key = CtKey {
         src_be: pod,
@@ -165,7 +175,7 @@ fn reverse_entry(
         dir: CT_REVERSE,
         _pad: [0; 2],
     };
-    let entry = maps::CONNTRACK.get_ptr(key)?;
+    let entry = maps::conntrack(&key, v6)?;
     // SAFETY: a map value from a successful lookup, copied at once.
     Some(unsafe { *entry })
 }

@@ -200,7 +200,7 @@ fn flow_packet(ctx: &TcContext, h: &Headers) -> i64 {
         dir: CT_REVERSE,
         _pad: [0; 2],
     };
-    let Some(entry) = maps::CONNTRACK.get_ptr(key) else {
+    let Some(entry) = maps::conntrack(&key, h.v6) else {
         return NOT_OURS;
     };
     // SAFETY: a map value from a successful lookup, copied at once.

@@ -7,7 +7,7 @@
 //! highest id the pinned maps name: the services and backends, and also the flow maps
 //! (conntrack, affinity, fragments, [`Referenced`]), which keep naming ids whose entries were
 //! removed shortly before the restart. Reading those maps back costs one walk at start
-//! (about 0.3 s for a full 262,144-entry conntrack map) but needs no map of its own: a
+//! (about 0.3 s for each full 262,144-entry conntrack map) but needs no map of its own: a
 //! persisted high-water mark would be a contract change, written on the apply path, and
 //! missing after an upgrade from an agent that never wrote it; a kernel check that a flow's
 //! backend still belongs to its service would need that membership in a map per packet.

@@ -15,9 +15,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use vipwire_common::{
     l4::{
         AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BackendValue, CONNTRACK_MAX_ENTRIES,
-        CtKey, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue, IPPROTO_SCTP, IPPROTO_TCP,
-        IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
-        VipFilter,
+        CtKey, CtKey4, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue, IPPROTO_SCTP,
+        IPPROTO_TCP, IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey, ServiceStats, ServiceValue,
+        SourceRange, VipFilter,
     },
     maps,
 };
@@ -198,6 +198,9 @@ pub(super) fn referenced(ebpf: &Ebpf) -> Result<Referenced, L4Error> {
     let started = Instant::now();
     let mut referenced = Referenced::default();
     walk::<CtKey, CtValue>(ebpf, maps::CONNTRACK, CONNTRACK_MAX_ENTRIES, |_, v| {
+        referenced.note(v.service_id, v.backend_id);
+    })?;
+    walk::<CtKey4, CtValue>(ebpf, maps::CONNTRACK4, CONNTRACK_MAX_ENTRIES, |_, v| {
         referenced.note(v.service_id, v.backend_id);
     })?;
     walk::<AffinityKey, AffinityValue>(ebpf, maps::AFFINITY, AFFINITY_MAX_ENTRIES, |k, v| {

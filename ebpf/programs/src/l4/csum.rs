@@ -59,6 +59,29 @@ impl Delta {
         self
     }
 
+    /// Records that a 32-bit word became `new`, both as loaded from memory, for
+    /// [`Delta::apply_native`]. A one's-complement sum of little-endian words is the byte swap
+    /// of the same sum of big-endian ones (RFC 1071, 2.B), so whole words need no byte swaps.
+    #[inline(always)]
+    pub fn replace_native32(mut self, old: u64, new: u64) -> Self {
+        self.0 += (!old & 0xffff_ffff) + new;
+        self
+    }
+
+    /// Like [`Delta::replace_native32`], for a 16-bit field.
+    #[inline(always)]
+    pub fn replace_native16(mut self, old: u64, new: u64) -> Self {
+        self.0 += (!old & 0xffff) + new;
+        self
+    }
+
+    /// The checksum field `old`, as loaded from memory, after the changes recorded with the
+    /// `*_native` methods; to be stored as it is.
+    #[inline(always)]
+    pub fn apply_native(self, old: u16) -> u16 {
+        !fold(u64::from(!old) + u64::from(fold(self.0)))
+    }
+
     /// Adds another delta (both describe changes to the same checksummed data).
     #[inline(always)]
     pub fn plus(self, other: Delta) -> Self {

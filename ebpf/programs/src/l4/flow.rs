@@ -10,8 +10,8 @@ use vipwire_common::{
     Reason,
     l4::{
         AffinityKey, AffinityValue, BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE,
-        CT_REVERSE_REFRESH, CtKey, CtValue, FragKey, FragValue, IPPROTO_SCTP, SERVICE_AFFINITY,
-        SERVICE_SOURCE_RANGES, ServiceValue,
+        CT_REVERSE_REFRESH, CtKey, CtKey4, CtValue, FragKey, FragValue, IPPROTO_SCTP,
+        SERVICE_AFFINITY, SERVICE_SOURCE_RANGES, ServiceValue,
     },
 };
 
@@ -34,8 +34,66 @@ pub fn forward_key(scratch: &mut Scratch, ports: [u8; 4]) {
         words::copy16(&raw mut (*ct).src_be, &raw const ip.src);
         words::copy16(&raw mut (*ct).dst_be, &raw const ip.dst);
         words::store64::<CT_KEY_TAIL>(ct.cast(), tail);
+        if !ip.v6 {
+            narrow(ct, &raw mut scratch.ct4);
+        }
     }
 }
+
+/// Writes `key` (an IPv4 flow's) as `vipwire_conntrack4_v1` keys it (`CtKey::v4`), in words.
+///
+/// # Safety
+/// Both pointers into a map value (the scratch slot).
+#[inline(always)]
+unsafe fn narrow(key: *const CtKey, out: *mut CtKey4) {
+    let (key, out) = (key.cast::<u8>(), out.cast::<u8>());
+    // SAFETY: the caller's pointers; the offsets are asserted below.
+    unsafe {
+        let addrs = words::load32_wide::<{ CT_KEY_SRC + 12 }>(key)
+            | words::load32_wide::<{ CT_KEY_DST + 12 }>(key) << 32;
+        words::store64::<0>(out, addrs);
+        words::store64::<8>(out, words::load64::<CT_KEY_TAIL>(key));
+    }
+}
+
+/// The conntrack entry of `scratch.ct` (or `scratch.ct4`), from its family's map.
+#[inline(always)]
+fn lookup(scratch: &Scratch) -> Option<*mut CtValue> {
+    if scratch.ip.v6 {
+        maps::CONNTRACK.get_ptr_mut(&scratch.ct)
+    } else {
+        maps::CONNTRACK4.get_ptr_mut(&scratch.ct4)
+    }
+}
+
+/// Inserts (or replaces) the entry of `key` in its family's map; `key4` is room for the IPv4
+/// form of the key.
+///
+/// # Safety
+/// Every pointer into the scratch slot.
+#[inline(always)]
+unsafe fn insert(v6: bool, key: *const CtKey, key4: *mut CtKey4, value: *const CtValue) {
+    // SAFETY: the caller's pointers.
+    unsafe {
+        if v6 {
+            let _ = maps::CONNTRACK.insert(&*key, &*value, 0);
+        } else {
+            narrow(key, key4);
+            let _ = maps::CONNTRACK4.insert(&*key4, &*value, 0);
+        }
+    }
+}
+
+const CT_KEY_SRC: usize = core::mem::offset_of!(CtKey, src_be);
+const CT_KEY_DST: usize = core::mem::offset_of!(CtKey, dst_be);
+const _: () = {
+    assert!(CT_KEY_SRC == 0 && CT_KEY_DST == 16);
+    assert!(core::mem::offset_of!(CtKey4, dst_be) == 4 && size_of::<CtKey4>() == 16);
+    assert!(core::mem::offset_of!(CtKey4, sport_be) == 8);
+    assert!(core::mem::offset_of!(CtKey4, dport_be) == 8 + 2);
+    assert!(core::mem::offset_of!(CtKey4, proto) == 8 + 4);
+    assert!(core::mem::offset_of!(CtKey4, dir) == 8 + 5);
+};
 
 /// Where [`CtKey`]'s ports start: ports, protocol, direction and padding are one word.
 const CT_KEY_TAIL: usize = core::mem::offset_of!(CtKey, sport_be);
@@ -53,7 +111,7 @@ const _: () = {
 /// kube-proxy's conntrack). `None`: a new flow (or its backend is gone).
 #[inline(never)]
 pub fn established_packet(scratch: &mut Scratch) -> u64 {
-    let Some(entry) = maps::CONNTRACK.get_ptr_mut(&scratch.ct) else {
+    let Some(entry) = lookup(scratch) else {
         return Verdict::NONE;
     };
     // SAFETY: a map value from a successful lookup.
@@ -164,10 +222,11 @@ pub fn later_fragment(scratch: &mut Scratch, id: u32) -> Verdict {
     Verdict::pass(Reason::Steered)
 }
 
-/// The backend of an established flow, if it still exists (a map value pointer).
+/// The backend of an established flow (`v6`: its family), if it still exists (a map value
+/// pointer).
 #[inline(always)]
-pub fn established(key: &CtKey) -> Option<(u32, *const BackendValue)> {
-    let entry = maps::CONNTRACK.get_ptr(key)?;
+pub fn established(key: &CtKey, v6: bool) -> Option<(u32, *const BackendValue)> {
+    let entry = maps::conntrack(key, v6)?;
     // SAFETY: a map value from a successful lookup.
     let backend_id = unsafe { (*entry).backend_id };
     Some((backend_id, backend_ptr(backend_id)?))
@@ -268,7 +327,7 @@ fn track(scratch: &mut Scratch, service_id: u32, backend_id: u32, backend: *cons
         words::store64::<CT_VALUE_NAT>(value.cast(), 0);
         words::store64::<{ CT_VALUE_NAT + 8 }>(value.cast(), 0);
         words::store64::<{ CT_VALUE_NAT + 16 }>(value.cast(), u64::from(CT_REVERSE_REFRESH) << 16);
-        let _ = maps::CONNTRACK.insert(&*forward, &*value, 0);
+        insert(scratch.ip.v6, forward, &raw mut scratch.ct4, value);
     }
     track_reverse(scratch, service_id, backend_id, backend);
 }
@@ -314,7 +373,7 @@ fn track_reverse(
             value.cast(),
             u64::from(u16::from_ne_bytes((*forward).dport_be)),
         );
-        let _ = maps::CONNTRACK.insert(&*reverse, &*value, 0);
+        insert(scratch.ip.v6, reverse, &raw mut scratch.reverse4, value);
     }
 }
 

@@ -68,7 +68,7 @@ fn quoted_v4(ctx: &XdpContext, ip: &Ip) -> Option<Verdict> {
         dir: CT_FORWARD,
         _pad: [0; 2],
     };
-    let (backend_id, backend) = flow::established(&key)?;
+    let (backend_id, backend) = flow::established(&key, false)?;
     // SAFETY: a map value pointer from a successful lookup, copied at once.
     let backend = unsafe { *backend };
     let outer = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
@@ -143,7 +143,7 @@ fn quoted_v6(ctx: &XdpContext, ip: &Ip) -> Option<Verdict> {
         dir: CT_FORWARD,
         _pad: [0; 2],
     };
-    let (backend_id, backend) = flow::established(&key)?;
+    let (backend_id, backend) = flow::established(&key, true)?;
     // SAFETY: a map value pointer from a successful lookup, copied at once.
     let backend = unsafe { *backend };
     let outer = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;

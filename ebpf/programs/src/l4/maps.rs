@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use vipwire_common::l4::{
     AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, BackendValue,
-    CONNTRACK_MAX_ENTRIES, CtKey, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue,
+    CONNTRACK_MAX_ENTRIES, CtKey, CtKey4, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue,
     MAGLEV_CHUNK_SLOTS, MAGLEV_MAX_ENTRIES, MaglevChunk, MaglevKey, ReplyFragValue, SERVICE_IDS,
     SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceStats, ServiceValue,
     SourceRange, VipFilter,
@@ -35,6 +35,21 @@ pub static BACKENDS: HashMap<u32, BackendValue, { BACKENDS_MAX_ENTRIES as usize 
 #[btf_map(name = "vipwire_conntrack_v1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue, { CONNTRACK_MAX_ENTRIES as usize }> =
     LruHashMap::new();
+
+#[btf_map(name = "vipwire_conntrack4_v1")]
+pub static CONNTRACK4: LruHashMap<CtKey4, CtValue, { CONNTRACK_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// The conntrack entry of `key`, from the map of its family (`v6`, as the packet's header
+/// says: an IPv6 packet with IPv4-mapped addresses must not match an IPv4 flow).
+#[inline(always)]
+pub fn conntrack(key: &CtKey, v6: bool) -> Option<*mut CtValue> {
+    if v6 {
+        CONNTRACK.get_ptr_mut(key)
+    } else {
+        CONNTRACK4.get_ptr_mut(key.v4())
+    }
+}
 
 #[btf_map(name = "vipwire_affinity_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { AFFINITY_MAX_ENTRIES as usize }> =
@@ -130,8 +145,11 @@ pub fn maybe_vip(bit: u64) -> bool {
 pub struct Scratch {
     pub ip: Ip,
     pub ct: CtKey,
+    /// `ct` of an IPv4 flow, as `vipwire_conntrack4_v1` keys it.
+    pub ct4: CtKey4,
     /// A new flow's reverse conntrack key and the value of both its entries.
     pub reverse: CtKey,
+    pub reverse4: CtKey4,
     pub value: CtValue,
     pub frag: FragKey,
     /// Where a steered packet goes: filled by the flow lookup, applied by the DNAT.

@@ -12,7 +12,7 @@ use super::{
     headers::{Ip, Ipv4Hdr, Ipv6Hdr},
     sctp,
 };
-use crate::parse::ETH_HLEN;
+use crate::{parse::ETH_HLEN, words};
 
 /// Offset of the checksum field in the upper-layer header, if the protocol has one we update
 /// with a one's-complement delta.
@@ -109,6 +109,8 @@ fn dnat_inline(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -> 
         }
         // SAFETY: as above.
         unsafe { *dst = *addr };
+    } else if ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP || port.is_none() {
+        return dnat_v4_words(ctx, ip, addr, port);
     } else {
         let Some(hdr) = ctx.at::<Ipv4Hdr>(ETH_HLEN) else {
             return false;
@@ -127,6 +129,65 @@ fn dnat_inline(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -> 
             (*hdr).dst = new;
             (*hdr).check_be = Delta::new().replace(&old, &new).apply(check);
         }
+    }
+    true
+}
+
+/// [`dnat_inline`] for IPv4 TCP and UDP and for later fragments (IPv4 header only), the
+/// common case: every field is loaded and stored as one word in memory order, with the
+/// checksums updated in that order too ([`Delta::replace_native32`]). Byte by byte, the same
+/// took twice the instructions.
+#[inline(always)]
+fn dnat_v4_words(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -> bool {
+    const DST: usize = core::mem::offset_of!(Ipv4Hdr, dst);
+    const CHECK: usize = core::mem::offset_of!(Ipv4Hdr, check_be);
+    let Some(hdr) = ctx.at::<Ipv4Hdr>(ETH_HLEN) else {
+        return false;
+    };
+    let hdr = hdr.cast::<u8>();
+    // SAFETY: the header is bounds-checked just above; `addr` is a 16-byte map value (the
+    // scratch slot's target).
+    let (old, new) = unsafe {
+        (
+            words::load32_wide::<DST>(hdr),
+            words::load32_wide::<12>(addr.as_ptr()),
+        )
+    };
+    let addr_delta = Delta::new().replace_native32(old, new);
+    if let Some(port) = port {
+        let new_port = u64::from(u16::from_ne_bytes(port));
+        let udp = ip.proto == IPPROTO_UDP;
+        // Both headers reach past the destination port and the checksum.
+        let l4 = if udp {
+            ctx.at::<[u8; 8]>(ip.l4()).map(|p| (p.cast::<u8>(), 6))
+        } else {
+            ctx.at::<[u8; 18]>(ip.l4()).map(|p| (p.cast::<u8>(), 16))
+        };
+        let Some((l4, check_at)) = l4 else {
+            return false;
+        };
+        // SAFETY: `l4` is bounds-checked above for the whole header part written here; both
+        // fields are 2-aligned (the upper layer starts at an even offset).
+        unsafe {
+            let dport = l4.add(2).cast::<u16>();
+            let check = l4.add(check_at).cast::<u16>();
+            let old_check = *check;
+            let delta = addr_delta.replace_native16(u64::from(*dport), new_port);
+            // RFC 768: a UDP checksum of 0 is none and stays 0; a computed 0 goes out as
+            // 0xffff (either byte order).
+            *check = match (udp, old_check, delta.apply_native(old_check)) {
+                (true, 0, _) => 0,
+                (true, _, 0) => 0xffff,
+                (_, _, updated) => updated,
+            };
+            *dport = new_port as u16;
+        }
+    }
+    // SAFETY: as above; the checksum field is 2-aligned (the frame starts 4-aligned).
+    unsafe {
+        let check = hdr.add(CHECK).cast::<u16>();
+        *check = addr_delta.apply_native(*check);
+        words::store32::<DST>(hdr, new as u32);
     }
     true
 }
