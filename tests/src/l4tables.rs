@@ -8,8 +8,8 @@ use vipwire_common::{
     l4::{
         BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey, CtKey4, CtValue,
         MAGLEV_CHUNK_SLOTS, MaglevChunk, MaglevKey, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
-        ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter, is_v4_mapped, v4_mapped,
-        vip_filter_bit,
+        ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter, backend_slot, is_v4_mapped,
+        v4_mapped, vip_filter_bit,
     },
     maps,
 };
@@ -55,16 +55,31 @@ pub fn add_backend(h: &mut XdpHarness, id: u32, addr: IpAddr, port: u16, flags: 
         // Read only by the TC program (and copied into the XdpMeta): one per backend, so
         // that a fixture can tell whose it got.
         ifindex: 1000 + id,
+        id,
     };
-    let mut backends: HashMap<&mut MapData, u32, BackendValue> =
-        HashMap::try_from(h.map_mut(maps::BACKENDS)).expect("backends map");
-    backends.insert(id, value, 0).expect("insert backend");
+    backends_map(h)
+        .set(backend_slot(id), value, 0)
+        .expect("insert backend");
 }
 
 pub fn remove_backend(h: &mut XdpHarness, id: u32) {
-    let mut backends: HashMap<&mut MapData, u32, BackendValue> =
-        HashMap::try_from(h.map_mut(maps::BACKENDS)).expect("backends map");
-    backends.remove(&id).expect("remove backend");
+    let mut backends = backends_map(h);
+    let slot = backend_slot(id);
+    let held = backends.get(&slot, 0).expect("backend slot");
+    assert_eq!(held.id, id, "slot {slot} holds backend {id}");
+    backends
+        .set(slot, BackendValue::default(), 0)
+        .expect("remove backend");
+}
+
+/// Backend `id`, if `vipwire_backends_v2` holds it.
+pub fn backend(h: &mut XdpHarness, id: u32) -> Option<BackendValue> {
+    let value = backends_map(h).get(&backend_slot(id), 0).ok()?;
+    (id != 0 && value.id == id).then_some(value)
+}
+
+fn backends_map(h: &mut XdpHarness) -> Array<&mut MapData, BackendValue> {
+    Array::try_from(h.map_mut(maps::BACKENDS)).expect("backends map")
 }
 
 /// Fills service `service_id`'s table of `size` slots with `slots[i % slots.len()]`.

@@ -78,7 +78,7 @@ fn a_pinned_map_with_another_layout_is_replaced() {
         .output()
         .expect("running bpftool");
     let info: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("bpftool JSON");
-    assert_eq!(info["type"], "hash");
+    assert_eq!(info["type"], "array");
     assert_eq!(info["bytes_value"], size_of::<BackendValue>());
     assert_eq!(info["max_entries"], BACKENDS_MAX_ENTRIES);
     let status = agent.stop(Duration::from_secs(5)).expect("exit status");

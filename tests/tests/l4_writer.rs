@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use testkit::{agent::BpffsDir, netlab::HostVeth, tools::require_root};
 use vipwire::{
     dataplane::{self, loader::Dataplane, paths::PinPaths},
@@ -21,7 +21,7 @@ use vipwire::{
 use vipwire_common::{
     l4::{
         BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MaglevChunk, MaglevKey, ServiceKey,
-        ServiceValue, v4_mapped,
+        ServiceValue, backend_slot, v4_mapped,
     },
     maps,
 };
@@ -111,8 +111,15 @@ fn services(dir: &BpffsDir) -> BTreeMap<([u8; 16], u16), ServiceValue> {
 }
 
 fn backends(dir: &BpffsDir) -> BTreeMap<u32, BackendValue> {
-    let map = HashMap::<_, u32, BackendValue>::try_from(pinned(dir, maps::BACKENDS)).unwrap();
-    map.iter().map(Result::unwrap).collect()
+    let map = Array::<_, BackendValue>::try_from(pinned(dir, maps::BACKENDS)).unwrap();
+    let mut held = BTreeMap::new();
+    for (slot, value) in map.iter().map(Result::unwrap).enumerate() {
+        if value.id != 0 {
+            assert_eq!(backend_slot(value.id), slot as u32, "backend {}", value.id);
+            held.insert(value.id, value);
+        }
+    }
+    held
 }
 
 fn table(dir: &BpffsDir, service_id: u32, size: u32) -> Vec<u32> {

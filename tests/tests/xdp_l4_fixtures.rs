@@ -3,19 +3,17 @@
 //! so incremental checksum updates must equal full recomputation) and every checksum
 //! re-verified independently (testkit::l4packets::verify).
 
-use aya::maps::{HashMap, MapData};
 use testkit::{
     bpf::{LO_IFINDEX, Verdict, XdpHarness},
     l4packets::{self, Flow, Frag, SCTP, Shape, TCP, UDP, flow, icmp_error, ip, ports, verify},
     l4tables::{
-        CLIENT4, CLIENT6, VIP4, VIP6, conntrack, ct_forward, ct_reverse, fill_maglev,
-        fixture_tables as setup, remove_backend, service_stats,
+        CLIENT4, CLIENT6, VIP4, VIP6, add_backend, backend, conntrack, ct_forward, ct_reverse,
+        fill_maglev, fixture_tables as setup, remove_backend, service_stats,
     },
 };
 use vipwire_common::{
     Reason,
-    l4::{BackendValue, XDP_META_MAGIC, XdpMeta},
-    maps,
+    l4::{BACKEND_ACTIVE, BACKENDS_MAX_ENTRIES, XDP_META_MAGIC, XdpMeta},
 };
 
 /// What a case must produce.
@@ -100,11 +98,8 @@ fn strip_meta<'a>(h: &mut XdpHarness, output: &'a [u8], name: &str) -> &'a [u8] 
     let field = |i: usize| u32::from_ne_bytes(output[i * 4..i * 4 + 4].try_into().expect("4"));
     assert_eq!(field(0), XDP_META_MAGIC, "{name}: XdpMeta magic");
     let backend_id = field(1);
-    let backends: HashMap<&mut MapData, u32, BackendValue> =
-        HashMap::try_from(h.map_mut(maps::BACKENDS)).expect("backends map");
-    let backend = backends
-        .get(&backend_id, 0)
-        .unwrap_or_else(|e| panic!("{name}: XdpMeta backend id {backend_id}: {e}"));
+    let backend = backend(h, backend_id)
+        .unwrap_or_else(|| panic!("{name}: XdpMeta backend id {backend_id} not in the map"));
     assert_eq!(
         (field(2), field(3)),
         (backend.ifindex, backend.flags),
@@ -270,6 +265,27 @@ fn established_flow_keeps_its_backend_until_it_is_gone() {
     remove_backend(&mut h, gone);
     let moved = steer(&mut h, &f.later_frame());
     assert_eq!(verify(&moved).dst, ip(other.1), "re-balanced");
+}
+
+/// A backend id shares its map slot with ids a lap of `BACKENDS_MAX_ENTRIES` apart. A flow
+/// pinned to a removed backend whose slot now holds a newer id is re-balanced, not sent to
+/// the newer backend.
+#[test]
+fn a_flow_is_not_sent_to_a_later_backend_in_its_backends_slot() {
+    let mut h = setup();
+    let f = flow(CLIENT4, VIP4, 42050, 7001, TCP);
+    let first_dst = verify(&steer(&mut h, &f.frame())).dst;
+    let (gone, stays) = if first_dst == ip("10.244.0.11") {
+        (11, (14, "10.244.0.14"))
+    } else {
+        (14, (11, "10.244.0.11"))
+    };
+    fill_maglev(&mut h, 10, 2039, &[stays.0]);
+    remove_backend(&mut h, gone);
+    let newer = gone + BACKENDS_MAX_ENTRIES;
+    add_backend(&mut h, newer, ip("10.244.0.99"), 7001, BACKEND_ACTIVE);
+    let moved = steer(&mut h, &f.later_frame());
+    assert_eq!(verify(&moved).dst, ip(stays.1), "re-balanced");
 }
 
 #[test]

@@ -33,8 +33,18 @@ pub const MAGLEV_CHUNK_SLOTS: u32 = 1024;
 pub const SERVICES_MAX_ENTRIES: u32 = 65536;
 /// Service ids are `1..SERVICE_IDS`; the per-service stats array is indexed by id.
 pub const SERVICE_IDS: u32 = 65536;
-/// `max_entries` of `vipwire_backends_v1`.
+/// `max_entries` of `vipwire_backends_v2`: a power of two ([`backend_slot`]).
 pub const BACKENDS_MAX_ENTRIES: u32 = 262144;
+const _: () = assert!(BACKENDS_MAX_ENTRIES.is_power_of_two());
+
+/// The index of backend `id` in `vipwire_backends_v2`. Ids span `u32` (a freed id comes back
+/// only after a lap of 2^32, so a flow conntrack still pins to a removed backend is not sent
+/// to a new one), so several map to a slot; the agent never has two of those in use at once,
+/// and the slot names its id ([`BackendValue::id`]).
+#[inline(always)]
+pub const fn backend_slot(id: u32) -> u32 {
+    id & (BACKENDS_MAX_ENTRIES - 1)
+}
 /// `max_entries` of `vipwire_maglev_v1` (chunks; allocated on insert, not up front).
 pub const MAGLEV_MAX_ENTRIES: u32 = 131072;
 /// `max_entries` of `vipwire_conntrack_v1` and of `vipwire_conntrack4_v1` (LRUs: two
@@ -182,8 +192,10 @@ pub const BACKEND_ACTIVE: u32 = 1 << 0;
 /// peer is the pod's interface: deliver with `bpf_redirect_peer`.
 pub const BACKEND_VETH_PEER: u32 = 1 << 1;
 
-/// Value of `vipwire_backends_v1` (`HASH`, key: backend id as `u32`, never 0): a local
-/// endpoint. A flow whose backend id is missing here is re-balanced.
+/// Value of `vipwire_backends_v2` (`ARRAY`, index [`backend_slot`] of the id): a local
+/// endpoint, when [`BackendValue::id`] is the id looked for (never 0: an empty slot is all
+/// zeroes). A flow whose backend is not there is re-balanced. An array rather than a hash:
+/// its lookup is a few instructions the verifier inlines, not a hash of the key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendValue {
@@ -197,8 +209,10 @@ pub struct BackendValue {
     /// The host-side device the pod is reached through (route lookup by the agent), or 0
     /// when unknown: delivery then follows the TC program's FIB lookup.
     pub ifindex: u32,
+    /// The backend id this slot holds (0: none).
+    pub id: u32,
 }
-const _: () = assert!(size_of::<BackendValue>() == 28);
+const _: () = assert!(size_of::<BackendValue>() == 32);
 
 /// [`CtKey::dir`]: client → VIP, as seen on the uplink.
 pub const CT_FORWARD: u8 = 0;

@@ -66,8 +66,9 @@ pub mod maps {
     pub const SERVICES: &str = "vipwire_services_v1";
     /// `HASH` [`crate::l4::MaglevKey`] -> [`crate::l4::MaglevChunk`]: Maglev tables.
     pub const MAGLEV: &str = "vipwire_maglev_v1";
-    /// `HASH` backend id (`u32`) -> [`crate::l4::BackendValue`]: local endpoints.
-    pub const BACKENDS: &str = "vipwire_backends_v1";
+    /// `ARRAY` [`crate::l4::backend_slot`] of a backend id -> [`crate::l4::BackendValue`]:
+    /// local endpoints.
+    pub const BACKENDS: &str = "vipwire_backends_v2";
     /// `LRU_HASH` [`crate::l4::CtKey`] -> [`crate::l4::CtValue`]: IPv6 flows, both
     /// directions.
     pub const CONNTRACK: &str = "vipwire_conntrack_v1";

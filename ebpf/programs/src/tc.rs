@@ -84,7 +84,7 @@ fn deliver(ctx: &TcContext, backend_id: u32, hint: Option<(u32, u32)>) -> i32 {
     {
         return action;
     }
-    let Some(backend) = maps::BACKENDS.get_ptr(backend_id) else {
+    let Some(backend) = maps::backend(backend_id) else {
         return TC_ACT_OK;
     };
     // SAFETY: a map value from a successful lookup, valid while the program runs. Not

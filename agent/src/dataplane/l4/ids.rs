@@ -39,6 +39,10 @@ pub struct Ids {
     /// The highest id recovery has seen (0: none), which allocation continues after.
     recovered: u32,
     used: BTreeSet<u32>,
+    /// Ids in use must differ modulo this power of two (0: no such rule), and the slots
+    /// (`id % slots`) they take. A map indexed that way holds one id per slot.
+    slots: u32,
+    slots_used: BTreeSet<u32>,
 }
 
 impl Ids {
@@ -51,14 +55,40 @@ impl Ids {
             next: first,
             recovered: 0,
             used: BTreeSet::new(),
+            slots: 0,
+            slots_used: BTreeSet::new(),
         }
+    }
+
+    /// The same allocator with at most one id in use per slot `id % slots` (`slots` a power
+    /// of two; `vipwire_backends_v2` is an array indexed that way).
+    pub fn with_slots(mut self, slots: u32) -> Self {
+        debug_assert!(slots.is_power_of_two());
+        self.slots = slots;
+        self
+    }
+
+    fn slot(&self, id: u32) -> Option<u32> {
+        (self.slots != 0).then(|| id & (self.slots - 1))
+    }
+
+    fn take(&mut self, id: u32) {
+        self.used.insert(id);
+        if let Some(slot) = self.slot(id) {
+            self.slots_used.insert(slot);
+        }
+    }
+
+    /// Whether `id` is free and so is its slot.
+    fn available(&self, id: u32) -> bool {
+        !self.used.contains(&id) && self.slot(id).is_none_or(|s| !self.slots_used.contains(&s))
     }
 
     /// Marks `id` as taken (read back from a pinned map) and continues after the highest
     /// id seen, so ids freed before a restart are not reused right after it either.
     pub fn recover(&mut self, id: u32) {
         if self.contains(id) {
-            self.used.insert(id);
+            self.take(id);
             self.continue_after(id);
         }
     }
@@ -86,32 +116,41 @@ impl Ids {
     /// running: ids freed since must still not come back soon).
     pub fn mark(&mut self, id: u32) {
         if self.contains(id) {
-            self.used.insert(id);
+            self.take(id);
         }
     }
 
     /// The next free id after the last one handed out, or `None` when every id is taken.
     pub fn allocate(&mut self) -> Option<u32> {
-        let span = u64::from(self.last - self.first) + 1;
-        if self.used.len() as u64 >= span {
+        let mut room = u64::from(self.last - self.first) + 1;
+        if self.slots != 0 {
+            room = room.min(u64::from(self.slots));
+        }
+        if self.used.len() as u64 >= room {
             return None;
         }
         let mut id = self.next;
-        while self.used.contains(&id) {
+        while !self.available(id) {
             id = if id >= self.last { self.first } else { id + 1 };
         }
-        self.used.insert(id);
+        self.take(id);
         self.next = if id >= self.last { self.first } else { id + 1 };
         Some(id)
     }
 
     pub fn free(&mut self, id: u32) {
-        self.used.remove(&id);
+        if self.used.remove(&id)
+            && let Some(slot) = self.slot(id)
+        {
+            self.slots_used.remove(&slot);
+        }
     }
 
     /// Keeps only the ids in `keep` marked as taken (the ones the maps actually hold).
     pub fn retain(&mut self, keep: &BTreeSet<u32>) {
         self.used.retain(|id| keep.contains(id));
+        let slots: BTreeSet<u32> = self.used.iter().filter_map(|&id| self.slot(id)).collect();
+        self.slots_used = slots;
     }
 
     pub fn in_use(&self) -> usize {
@@ -166,5 +205,27 @@ mod tests {
         wrapped.recover(1);
         wrapped.recover_referenced(3);
         assert_eq!(wrapped.allocate(), Some(2), "wraps, skipping the taken 1");
+    }
+
+    #[test]
+    fn with_slots_no_two_ids_in_use_share_a_slot() {
+        let mut ids = Ids::new(1, 100).with_slots(4);
+        assert_eq!(ids.allocate(), Some(1));
+        assert_eq!(ids.allocate(), Some(2));
+        assert_eq!(ids.allocate(), Some(3));
+        assert_eq!(ids.allocate(), Some(4), "slot 0");
+        assert_eq!(ids.allocate(), None, "every slot taken");
+        ids.free(2);
+        assert_eq!(ids.allocate(), Some(6), "5 is free, its slot (1's) is not");
+        ids.free(6);
+        ids.free(1);
+        let mut recovered = Ids::new(1, 100).with_slots(4);
+        recovered.recover(9);
+        assert_eq!(recovered.allocate(), Some(10));
+        assert_eq!(recovered.allocate(), Some(11));
+        assert_eq!(recovered.allocate(), Some(12));
+        assert_eq!(recovered.allocate(), None, "9 holds slot 1");
+        recovered.retain(&BTreeSet::from([10, 11, 12]));
+        assert_eq!(recovered.allocate(), Some(13), "slot 1 free again");
     }
 }

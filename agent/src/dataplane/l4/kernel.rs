@@ -17,7 +17,7 @@ use vipwire_common::{
         AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BackendValue, CONNTRACK_MAX_ENTRIES,
         CtKey, CtKey4, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue, IPPROTO_SCTP,
         IPPROTO_TCP, IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey, ServiceStats, ServiceValue,
-        SourceRange, VipFilter,
+        SourceRange, VipFilter, backend_slot,
     },
     maps,
 };
@@ -33,7 +33,7 @@ use crate::model::{Frontend, Protocol};
 pub(super) struct Maps<'a> {
     services: HashMap<&'a mut MapData, ServiceKey, ServiceValue>,
     maglev: HashMap<&'a mut MapData, MaglevKey, MaglevChunk>,
-    backends: HashMap<&'a mut MapData, u32, BackendValue>,
+    backends: Array<&'a mut MapData, BackendValue>,
     ranges: LpmTrie<&'a mut MapData, SourceRange, u8>,
     stats: PerCpuArray<&'a mut MapData, ServiceStats>,
     filter: Array<&'a mut MapData, VipFilter>,
@@ -67,7 +67,7 @@ impl<'a> Maps<'a> {
                 .map_err(|e| map_error(maps::SERVICES, e))?,
             maglev: HashMap::try_from(need(maglev, maps::MAGLEV)?)
                 .map_err(|e| map_error(maps::MAGLEV, e))?,
-            backends: HashMap::try_from(need(backends, maps::BACKENDS)?)
+            backends: Array::try_from(need(backends, maps::BACKENDS)?)
                 .map_err(|e| map_error(maps::BACKENDS, e))?,
             ranges: LpmTrie::try_from(need(ranges, maps::SOURCE_RANGES)?)
                 .map_err(|e| map_error(maps::SOURCE_RANGES, e))?,
@@ -83,7 +83,7 @@ impl<'a> Maps<'a> {
         match op {
             Op::PutBackend { id, value } => self
                 .backends
-                .insert(id, value, 0)
+                .set(backend_slot(*id), BackendValue { id: *id, ..*value }, 0)
                 .map_err(|e| map_error(maps::BACKENDS, e)),
             Op::PutChunk {
                 service_id,
@@ -130,9 +130,11 @@ impl<'a> Maps<'a> {
                 ignore_missing(self.ranges.remove(&range_key(*service_id, *range)))
                     .map_err(|e| map_error(maps::SOURCE_RANGES, e))
             }
-            Op::DelBackend { id } => {
-                ignore_missing(self.backends.remove(id)).map_err(|e| map_error(maps::BACKENDS, e))
-            }
+            // The slot is this id's: the planner never has two ids of a slot in use.
+            Op::DelBackend { id } => self
+                .backends
+                .set(backend_slot(*id), BackendValue::default(), 0)
+                .map_err(|e| map_error(maps::BACKENDS, e)),
             Op::PutFilter { bits } => {
                 let mut value = VipFilter::EMPTY;
                 for &bit in bits {
@@ -165,9 +167,11 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
             .chunks
             .insert((key.service_id, key.chunk), fingerprint(&value.backend_ids));
     }
-    for item in maps.backends.iter() {
-        let (id, value) = item.map_err(|e| map_error(maps::BACKENDS, e))?;
-        mirror.backends.insert(id, value);
+    for value in maps.backends.iter() {
+        let value = value.map_err(|e| map_error(maps::BACKENDS, e))?;
+        if value.id != 0 {
+            mirror.backends.insert(value.id, value);
+        }
     }
     let filter = maps
         .filter

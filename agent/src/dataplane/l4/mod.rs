@@ -54,8 +54,11 @@ pub enum L4Error {
     },
     #[error("counting CPUs")]
     Cpus(#[source] std::io::Error),
-    #[error("no free {kind} id left")]
-    IdsExhausted { kind: &'static str },
+    #[error("no free {kind} id left: map {map} is full")]
+    IdsExhausted {
+        kind: &'static str,
+        map: &'static str,
+    },
 }
 
 /// What one apply did, for logs and tests.

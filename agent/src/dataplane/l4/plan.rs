@@ -17,8 +17,12 @@ use std::{
     sync::Arc,
 };
 
-use vipwire_common::l4::{
-    BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MAGLEV_CHUNK_SLOTS, SERVICE_IDS,
+use vipwire_common::{
+    l4::{
+        BACKEND_ACTIVE, BACKEND_VETH_PEER, BACKENDS_MAX_ENTRIES, BackendValue, MAGLEV_CHUNK_SLOTS,
+        SERVICE_IDS,
+    },
+    maps,
 };
 
 use super::{
@@ -102,7 +106,7 @@ impl Planner {
             service_ids.recover(value.id);
         }
         service_ids.recover_referenced(referenced.service);
-        let mut backend_ids = Ids::new(1, u32::MAX);
+        let mut backend_ids = Ids::new(1, u32::MAX).with_slots(BACKENDS_MAX_ENTRIES);
         for &id in mirror.backends.keys() {
             backend_ids.recover(id);
         }
@@ -327,10 +331,10 @@ impl Planner {
             let id = match self.by_key.get(&key) {
                 Some(&id) => id,
                 None => {
-                    let id = self
-                        .backend_ids
-                        .allocate()
-                        .ok_or(L4Error::IdsExhausted { kind: "backend" })?;
+                    let id = self.backend_ids.allocate().ok_or(L4Error::IdsExhausted {
+                        kind: "backend",
+                        map: maps::BACKENDS,
+                    })?;
                     self.by_key.insert(key, id);
                     id
                 }
@@ -346,7 +350,7 @@ impl Planner {
                     _ => resolved.insert((key.ip(), resolve(key.ip()))).1,
                 },
             };
-            let value = backend_value(key, count.active > 0, delivery);
+            let value = backend_value(id, key, count.active > 0, delivery);
             if current != Some(&value) {
                 plan.ops.push(Op::PutBackend { id, value });
                 if value.ifindex != 0 {
@@ -390,10 +394,10 @@ impl Planner {
             let id = match self.mirror.services.get(&frontend) {
                 Some(value) => value.id,
                 None => {
-                    let id = self
-                        .service_ids
-                        .allocate()
-                        .ok_or(L4Error::IdsExhausted { kind: "service" })?;
+                    let id = self.service_ids.allocate().ok_or(L4Error::IdsExhausted {
+                        kind: "service",
+                        map: maps::SERVICE_STATS,
+                    })?;
                     plan.ops.push(Op::ZeroStats { service_id: id });
                     plan.added.push(frontend);
                     id
@@ -519,7 +523,7 @@ pub(super) fn chunks(size: u32) -> u32 {
     size.div_ceil(MAGLEV_CHUNK_SLOTS)
 }
 
-fn backend_value(key: SocketAddr, active: bool, delivery: Delivery) -> BackendValue {
+fn backend_value(id: u32, key: SocketAddr, active: bool, delivery: Delivery) -> BackendValue {
     let mut flags = 0;
     if active {
         flags |= BACKEND_ACTIVE;
@@ -533,5 +537,6 @@ fn backend_value(key: SocketAddr, active: bool, delivery: Delivery) -> BackendVa
         _pad: [0; 2],
         flags,
         ifindex: delivery.ifindex,
+        id,
     }
 }

@@ -8,12 +8,12 @@ use std::{
     sync::Arc,
 };
 
-use aya::maps::{HashMap, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray};
 use serde::Serialize;
 use vipwire_common::{
     l4::{
         BACKEND_ACTIVE, BACKEND_VETH_PEER, BackendValue, MaglevChunk, MaglevKey, ServiceKey,
-        ServiceStats, ServiceValue,
+        ServiceStats, ServiceValue, backend_slot,
     },
     maps,
 };
@@ -130,7 +130,7 @@ pub fn read(paths: &PinPaths) -> Result<Vec<ServiceStatus>, StatusError> {
         .map_err(read_error(maps::SERVICES))?;
     let maglev = HashMap::<_, MaglevKey, MaglevChunk>::try_from(open(paths, maps::MAGLEV)?)
         .map_err(read_error(maps::MAGLEV))?;
-    let backends = HashMap::<_, u32, BackendValue>::try_from(open(paths, maps::BACKENDS)?)
+    let backends = Array::<_, BackendValue>::try_from(open(paths, maps::BACKENDS)?)
         .map_err(read_error(maps::BACKENDS))?;
     let mut table_ids: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
     for item in maglev.iter() {
@@ -146,7 +146,9 @@ pub fn read(paths: &PinPaths) -> Result<Vec<ServiceStatus>, StatusError> {
         };
         let mut members = Vec::new();
         for &id in table_ids.get(&value.id).into_iter().flatten() {
-            if let Ok(backend) = backends.get(&id, 0) {
+            if let Ok(backend) = backends.get(&backend_slot(id), 0)
+                && backend.id == id
+            {
                 members.push(backend_of_value(id, &backend));
             }
         }

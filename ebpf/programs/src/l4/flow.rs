@@ -234,7 +234,7 @@ pub fn established(key: &CtKey, v6: bool) -> Option<(u32, *const BackendValue)> 
 
 #[inline(always)]
 fn backend_ptr(id: u32) -> Option<*const BackendValue> {
-    maps::BACKENDS.get_ptr(id)
+    maps::backend(id)
 }
 
 /// Where the first fragment of datagram `id` went, for its later fragments. A full table

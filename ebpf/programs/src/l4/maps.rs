@@ -12,7 +12,7 @@ use vipwire_common::l4::{
     CONNTRACK_MAX_ENTRIES, CtKey, CtKey4, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue,
     MAGLEV_CHUNK_SLOTS, MAGLEV_MAX_ENTRIES, MaglevChunk, MaglevKey, ReplyFragValue, SERVICE_IDS,
     SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceStats, ServiceValue,
-    SourceRange, VipFilter,
+    SourceRange, VipFilter, backend_slot,
 };
 
 use super::headers::Ip;
@@ -29,8 +29,16 @@ pub static MAGLEV: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
-#[btf_map(name = "vipwire_backends_v1")]
-pub static BACKENDS: HashMap<u32, BackendValue, { BACKENDS_MAX_ENTRIES as usize }> = HashMap::new();
+#[btf_map(name = "vipwire_backends_v2")]
+static BACKENDS: Array<BackendValue, { BACKENDS_MAX_ENTRIES as usize }> = Array::new();
+
+/// Backend `id`, if the agent has it in the map (0 never is).
+#[inline(always)]
+pub fn backend(id: u32) -> Option<*const BackendValue> {
+    let value = BACKENDS.get_ptr(backend_slot(id))?;
+    // SAFETY: a map value from a successful lookup.
+    (id != 0 && unsafe { (*value).id } == id).then_some(value)
+}
 
 #[btf_map(name = "vipwire_conntrack_v1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue, { CONNTRACK_MAX_ENTRIES as usize }> =
