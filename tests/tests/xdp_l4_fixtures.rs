@@ -46,6 +46,38 @@ fn steered(f: &Flow, to: &str, port: u16, shape: Shape<'_>) -> Case {
     }
 }
 
+/// `case` with four bytes of IPv4 options (NOP, NOP, NOP, end) in its input and in the frame
+/// it expects: IHL 6, total length and header checksum to match.
+fn with_ipv4_options(case: Case) -> Case {
+    let expect = match case.expect {
+        Expect::Rewritten(frame, reason) => Expect::Rewritten(ipv4_options(frame), reason),
+        other => other,
+    };
+    Case {
+        input: ipv4_options(case.input),
+        expect,
+        ..case
+    }
+}
+
+fn ipv4_options(mut frame: Vec<u8>) -> Vec<u8> {
+    const IP: usize = 14;
+    assert_eq!(frame[IP], 0x45, "an IPv4 frame without options");
+    frame.splice(IP + 20..IP + 20, [1, 1, 1, 0]);
+    frame[IP] = 0x46;
+    let total = u16::from_be_bytes([frame[IP + 2], frame[IP + 3]]) + 4;
+    frame[IP + 2..IP + 4].copy_from_slice(&total.to_be_bytes());
+    frame[IP + 10..IP + 12].fill(0);
+    let sum = frame[IP..IP + 24]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let check = !((folded & 0xffff) + (folded >> 16)) as u16;
+    frame[IP + 10..IP + 12].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
 fn named(name: &'static str, case: Case) -> Case {
     Case { name, ..case }
 }
@@ -137,6 +169,11 @@ fn steering_fixtures_give_exact_output_and_counter() {
         dest_opts: true,
         ..plain
     };
+    let ack_df = Shape {
+        tcp_flags: l4packets::TCP_ACK,
+        dont_fragment: true,
+        ..plain
+    };
     let mut truncated = tcp4.frame();
     truncated.truncate(14 + 20 + 2);
     let mut bad_ihl = tcp4.frame();
@@ -180,6 +217,23 @@ fn steering_fixtures_give_exact_output_and_counter() {
         named(
             "IPv4 UDP without checksum keeps 0",
             steered(&udp4, "10.244.0.12", 5353, zero_udp),
+        ),
+        // The flows of the two cases above exist now: these take the established path.
+        named(
+            "IPv4 TCP, established (ACK, DF)",
+            steered(&tcp4, "10.244.0.11", 8080, ack_df),
+        ),
+        named(
+            "IPv4 UDP, established",
+            steered(&udp4, "10.244.0.12", 5353, plain),
+        ),
+        named(
+            "IPv4 TCP with IP options, established",
+            with_ipv4_options(steered(&tcp4, "10.244.0.11", 8080, ack_df)),
+        ),
+        named(
+            "IPv4 UDP with IP options, established",
+            with_ipv4_options(steered(&udp4, "10.244.0.12", 5353, plain)),
         ),
         named(
             "IPv4 SCTP: port rewrite updates CRC32c",

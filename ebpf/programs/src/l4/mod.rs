@@ -12,6 +12,7 @@
 //! rewritable, and nothing at all is recorded for one that is not.
 
 mod csum;
+mod fast;
 mod flow;
 mod headers;
 pub mod icmp;
@@ -41,7 +42,7 @@ use crate::{Verdict, parse::ptr_at};
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, dst: u64) -> Verdict {
     if maps::maybe_vip(vip_filter_bit_v4_unmasked(dst)) {
-        steer_ipv4(ctx)
+        Verdict::unpack(fast::established_v4(ctx.ctx)).unwrap_or_else(|| steer_ipv4(ctx))
     } else {
         Verdict::pass(Reason::Passed)
     }

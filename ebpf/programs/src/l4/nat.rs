@@ -65,14 +65,14 @@ fn dnat_call(ctx: *mut xdp_md, ip: &Ip, addr: &[u8; 16], port: u32) -> u64 {
 /// The frame's bounds, read with volatile loads: LLVM would otherwise hand this function
 /// `data` and `data_end` as 32-bit arguments (argument promotion), and the verifier refuses
 /// the zero-extension of a packet pointer.
-struct Frame {
+pub(super) struct Frame {
     data: usize,
     end: usize,
 }
 
 impl Frame {
     #[inline(always)]
-    fn of(ctx: *mut xdp_md) -> Self {
+    pub(super) fn of(ctx: *mut xdp_md) -> Self {
         // SAFETY: the context pointer is valid for this program run.
         unsafe {
             Self {
@@ -84,7 +84,7 @@ impl Frame {
 
     /// Like `parse::ptr_at`.
     #[inline(always)]
-    fn at<T>(&self, offset: usize) -> Option<*mut T> {
+    pub(super) fn at<T>(&self, offset: usize) -> Option<*mut T> {
         if self.data + offset + size_of::<T>() > self.end {
             return None;
         }
@@ -110,7 +110,7 @@ fn dnat_inline(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -> 
         // SAFETY: as above.
         unsafe { *dst = *addr };
     } else if ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP || port.is_none() {
-        return dnat_v4_words(ctx, ip, addr, port);
+        return dnat_v4_words(ctx, ip.proto, ip.l4(), addr, port);
     } else {
         let Some(hdr) = ctx.at::<Ipv4Hdr>(ETH_HLEN) else {
             return false;
@@ -133,12 +133,18 @@ fn dnat_inline(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -> 
     true
 }
 
-/// [`dnat_inline`] for IPv4 TCP and UDP and for later fragments (IPv4 header only), the
-/// common case: every field is loaded and stored as one word in memory order, with the
+/// [`dnat_inline`] for IPv4 TCP and UDP (`proto`, its header at `l4`) and for later fragments
+/// (IPv4 header only), the common case: every field is loaded and stored as one word in memory order, with the
 /// checksums updated in that order too ([`Delta::replace_native32`]). Byte by byte, the same
 /// took twice the instructions.
 #[inline(always)]
-fn dnat_v4_words(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -> bool {
+pub(super) fn dnat_v4_words(
+    ctx: &Frame,
+    proto: u8,
+    l4: usize,
+    addr: &[u8; 16],
+    port: Option<[u8; 2]>,
+) -> bool {
     const DST: usize = core::mem::offset_of!(Ipv4Hdr, dst);
     const CHECK: usize = core::mem::offset_of!(Ipv4Hdr, check_be);
     let Some(hdr) = ctx.at::<Ipv4Hdr>(ETH_HLEN) else {
@@ -156,12 +162,12 @@ fn dnat_v4_words(ctx: &Frame, ip: &Ip, addr: &[u8; 16], port: Option<[u8; 2]>) -
     let addr_delta = Delta::new().replace_native32(old, new);
     if let Some(port) = port {
         let new_port = u64::from(u16::from_ne_bytes(port));
-        let udp = ip.proto == IPPROTO_UDP;
+        let udp = proto == IPPROTO_UDP;
         // Both headers reach past the destination port and the checksum.
         let l4 = if udp {
-            ctx.at::<[u8; 8]>(ip.l4()).map(|p| (p.cast::<u8>(), 6))
+            ctx.at::<[u8; 8]>(l4).map(|p| (p.cast::<u8>(), 6))
         } else {
-            ctx.at::<[u8; 18]>(ip.l4()).map(|p| (p.cast::<u8>(), 16))
+            ctx.at::<[u8; 18]>(l4).map(|p| (p.cast::<u8>(), 16))
         };
         let Some((l4, check_at)) = l4 else {
             return false;
