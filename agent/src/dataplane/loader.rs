@@ -19,7 +19,7 @@ use super::{
     iface,
     l4::{L4Delta, L4Error, L4Writer, ServiceView},
     paths::PinPaths,
-    pins, tc,
+    pins, tc, upgrade,
 };
 use crate::model::{Frontend, Services};
 
@@ -159,6 +159,8 @@ impl Dataplane {
             source,
         })?;
         pins::drop_incompatible(object, &paths)?;
+        upgrade::drop_retired(&paths)?;
+        let carry_ipv4_flows = upgrade::ipv4_flows_pending(&paths);
         pins::ensure_vip_filter_pin(object, &paths)?;
         // The loader writes a global's initial value into its map, a reused pin included: the
         // VIP filter starts as the pinned one holds it, or the program still attached would
@@ -180,6 +182,17 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).map_err(LoaderError::Load)?;
+        if carry_ipv4_flows {
+            match upgrade::carry_ipv4_flows(&mut ebpf) {
+                Ok(flows) => {
+                    tracing::info!(flows, "IPv4 flows carried over to their own conntrack map")
+                }
+                Err(err) => tracing::warn!(
+                    error = %crate::error_chain(&err),
+                    "IPv4 flows not carried over to their own conntrack map: they are picked again"
+                ),
+            }
+        }
         uplink_program(&mut ebpf)?
             .load()
             .map_err(|source| LoaderError::Verify {

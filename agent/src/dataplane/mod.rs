@@ -12,6 +12,7 @@ mod pins;
 pub mod route;
 pub mod status;
 pub mod tc;
+mod upgrade;
 
 /// The BPF object built by `build.rs` from `ebpf/programs`, embedded in the agent binary.
 pub fn bpf_object() -> &'static [u8] {

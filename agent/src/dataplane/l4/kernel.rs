@@ -17,7 +17,7 @@ use vipwire_common::{
         AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BackendValue, CONNTRACK_MAX_ENTRIES,
         CtKey, CtKey4, CtValue, FRAGMENTS_MAX_ENTRIES, FragKey, FragValue, IPPROTO_SCTP,
         IPPROTO_TCP, IPPROTO_UDP, MaglevChunk, MaglevKey, ServiceKey, ServiceStats, ServiceValue,
-        SourceRange, VipFilter, backend_slot,
+        SourceRange, VipFilter, backend_slot, is_v4_mapped,
     },
     maps,
 };
@@ -191,6 +191,38 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
         }
     }
     Ok(mirror)
+}
+
+/// Copies the IPv4 entries of `vipwire_conntrack_v1` into `vipwire_conntrack4_v1` of the
+/// loaded (not yet attached) object, and returns how many. Called between loading and
+/// attaching: the older program still runs on the old entries until it is replaced, and an
+/// entry the new map already has wins. The copies left behind age out of the old LRU.
+pub fn carry_ipv4_flows(ebpf: &mut Ebpf) -> Result<usize, L4Error> {
+    let mut flows = Vec::new();
+    walk::<CtKey, CtValue>(
+        ebpf,
+        maps::CONNTRACK,
+        CONNTRACK_MAX_ENTRIES,
+        |key, value| {
+            if is_v4_mapped(&key.src_be) && is_v4_mapped(&key.dst_be) {
+                flows.push((key.v4(), *value));
+            }
+        },
+    )?;
+    let map = ebpf
+        .map_mut(maps::CONNTRACK4)
+        .ok_or(L4Error::MissingMap(maps::CONNTRACK4))?;
+    let mut map = HashMap::<_, CtKey4, CtValue>::try_from(map).map_err(|source| L4Error::Map {
+        name: maps::CONNTRACK4,
+        source,
+    })?;
+    // BPF_NOEXIST: an entry the new program wrote meanwhile is newer. A full map refuses the
+    // rest: those flows are picked again.
+    const NOEXIST: u64 = 1;
+    Ok(flows
+        .into_iter()
+        .filter(|(key, value)| map.insert(key, value, NOEXIST).is_ok())
+        .count())
 }
 
 /// How many times its size a flow-map walk may step before it is cut off.

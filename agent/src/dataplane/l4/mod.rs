@@ -36,6 +36,7 @@ use std::{
 use aya::{Ebpf, maps::MapError};
 
 pub use self::{
+    kernel::carry_ipv4_flows,
     mirror::{MaglevInput, Mirror, Op},
     plan::Plan,
 };

@@ -1,0 +1,142 @@
+//! An agent started over the pins of an older build: the maps this build no longer defines
+//! lose their pins, and the IPv4 flows the older program tracked in `vipwire_conntrack_v1`
+//! are carried over to `vipwire_conntrack4_v1` before the new program takes over, so that
+//! established flows keep their backends.
+
+use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData};
+use testkit::{
+    NetLab, Netns,
+    agent::{self, BpffsDir},
+    l4packets::TCP,
+    l4tables::ct_forward,
+    process::{Daemon, wait_for},
+    tools,
+};
+use vipwire_common::{
+    l4::{CONNTRACK_MAX_ENTRIES, CtKey, CtKey4, CtValue},
+    maps,
+};
+
+#[test]
+fn an_upgrade_drops_retired_pins_and_carries_ipv4_flows_over() {
+    let mut lab = NetLab::new();
+    let client = lab.netns("client");
+    let node = lab.netns("node");
+    lab.veth((&client, "eth0"), (&node, "eth0"));
+    let manifests = lab.path("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("node.yaml"),
+        agent::ready_node_manifest("node-a"),
+    )
+    .unwrap();
+    let bpffs = BpffsDir::new("upgrade");
+    std::fs::create_dir_all(bpffs.path()).unwrap();
+
+    // What an older build left: its backends map, and a conntrack map with an IPv4 and an
+    // IPv6 flow in it.
+    let retired = bpffs.path().join(maps::RETIRED[0]);
+    bpftool_create(&retired, "hash", 4, 28, 262_144);
+    let old_ct = bpffs.path().join(maps::CONNTRACK);
+    bpftool_create(&old_ct, "lru_hash", 40, 32, CONNTRACK_MAX_ENTRIES);
+    let flow4 = ct_forward(
+        "198.51.100.7".parse().unwrap(),
+        "203.0.113.10".parse().unwrap(),
+        40000,
+        80,
+        TCP,
+    );
+    let flow6 = ct_forward(
+        "2001:db8::7".parse().unwrap(),
+        "2001:db8:100::10".parse().unwrap(),
+        40000,
+        80,
+        TCP,
+    );
+    let value = |backend_id| CtValue {
+        backend_id,
+        service_id: 3,
+        refresh: 1000,
+        ..CtValue::default()
+    };
+    {
+        let mut ct = conntrack(&old_ct);
+        ct.insert(flow4, value(77), 0).unwrap();
+        ct.insert(flow6, value(78), 0).unwrap();
+    }
+
+    let (mut agent, log) = start(&node, &manifests, &bpffs, &lab.path("agent.log"));
+    assert!(!retired.exists(), "the retired pin is removed; log:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("IPv4 flows carried over") && l.contains("flows=1")),
+        "log:\n{log}"
+    );
+    let new_ct = bpffs.path().join(maps::CONNTRACK4);
+    let carried = HashMap::<_, CtKey4, CtValue>::try_from(Map::LruHashMap(
+        MapData::from_pin(&new_ct).expect("vipwire_conntrack4_v1 pinned"),
+    ))
+    .unwrap();
+    assert_eq!(carried.get(&flow4.v4(), 0).unwrap(), value(77));
+    assert_eq!(carried.keys().count(), 1, "only the IPv4 flow");
+    assert_eq!(
+        conntrack(&old_ct).get(&flow6, 0).unwrap(),
+        value(78),
+        "the IPv6 flow stays where it was"
+    );
+    agent.stop(Duration::from_secs(5));
+
+    // The next start finds the IPv4 map pinned: nothing to carry.
+    let (mut agent, log) = start(&node, &manifests, &bpffs, &lab.path("agent2.log"));
+    assert!(!log.contains("carried over"), "log:\n{log}");
+    agent.stop(Duration::from_secs(5));
+}
+
+fn start(
+    node: &Netns,
+    manifests: &std::path::Path,
+    bpffs: &BpffsDir,
+    log: &std::path::Path,
+) -> (Daemon, String) {
+    let mut agent = agent::spawn(
+        node,
+        &[
+            "run",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--node-name",
+            "node-a",
+            "--interface",
+            "eth0",
+            "--bpffs-dir",
+            bpffs.as_str(),
+        ],
+        log,
+    );
+    let text = wait_for("the agent to run", Duration::from_secs(20), || {
+        agent.assert_running();
+        std::fs::read_to_string(agent.log_path())
+            .ok()
+            .filter(|log| log.contains("agent running"))
+    });
+    (agent, text)
+}
+
+fn conntrack(path: &std::path::Path) -> HashMap<MapData, CtKey, CtValue> {
+    HashMap::try_from(Map::LruHashMap(
+        MapData::from_pin(path).expect("pinned conntrack"),
+    ))
+    .unwrap()
+}
+
+fn bpftool_create(path: &std::path::Path, kind: &str, key: u32, value: u32, entries: u32) {
+    let made = std::process::Command::new(tools::require("bpftool"))
+        .args(["map", "create", path.to_str().unwrap(), "type", kind])
+        .args(["key", &key.to_string(), "value", &value.to_string()])
+        .args(["entries", &entries.to_string(), "name", "older_build"])
+        .output()
+        .expect("running bpftool");
+    assert!(made.status.success(), "bpftool map create: {made:?}");
+}
