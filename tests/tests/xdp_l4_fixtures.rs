@@ -276,6 +276,43 @@ fn steering_fixtures_give_exact_output_and_counter() {
     assert_eq!(stats.no_backend, 1, "{stats:?}");
 }
 
+/// The incremental checksum updates against full recomputation over many random flows and
+/// payloads: each flow's first packet (general path) and a later one (the IPv4 fast path).
+#[test]
+fn incremental_checksums_hold_for_random_flows() {
+    let mut h = setup();
+    let mut rng = testkit::fuzz::Rng(0x5eed_c0de);
+    let mut payload = [0u8; 64];
+    for i in 0..2000 {
+        let (proto, vport, pod) = if i % 2 == 0 {
+            (TCP, 80, "10.244.0.11")
+        } else {
+            (UDP, 53, "10.244.0.12")
+        };
+        let client = format!("198.51.{}.{}", rng.byte(), rng.byte().max(1));
+        let f = flow(&client, VIP4, 1024 + rng.below(60000) as u16, vport, proto);
+        payload.iter_mut().for_each(|b| *b = rng.byte());
+        let len = rng.below(payload.len() + 1);
+        let later = Shape {
+            payload: &payload[..len],
+            tcp_flags: l4packets::TCP_ACK,
+            udp_zero_checksum: proto == UDP && rng.below(8) == 0,
+            dont_fragment: rng.below(2) == 0,
+            ..Shape::default()
+        };
+        let first = Shape {
+            tcp_flags: l4packets::TCP_SYN,
+            ..later
+        };
+        for (which, shape) in [("first", first), ("later", later)] {
+            let out = steer(&mut h, &f.frame_with(shape));
+            let parsed = l4packets::check(&out)
+                .unwrap_or_else(|e| panic!("{client} {proto} {which} packet: {e}"));
+            assert_eq!(parsed.dst, ip(pod), "{client} {proto} {which}");
+        }
+    }
+}
+
 #[test]
 fn new_flow_is_tracked_in_both_directions() {
     let mut h = setup();

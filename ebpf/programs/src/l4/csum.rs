@@ -79,20 +79,21 @@ impl Delta {
     /// `*_native` methods; to be stored as it is.
     #[inline(always)]
     pub fn apply_native(self, old: u16) -> u16 {
-        !fold(u64::from(!old) + u64::from(fold(self.0)))
+        // One fold of the whole sum: carries may wait (RFC 1071, 2.C), and a few dozen
+        // 32-bit terms cannot overflow the accumulator.
+        !fold(u64::from(!old) + self.0)
     }
 
     /// Adds another delta (both describe changes to the same checksummed data).
     #[inline(always)]
     pub fn plus(self, other: Delta) -> Self {
-        Self(u64::from(fold(self.0)) + u64::from(fold(other.0)))
+        Self(self.0 + other.0)
     }
 
     /// The checksum field `old` (as on the wire) after the recorded changes.
     #[inline(always)]
     pub fn apply(self, old: [u8; 2]) -> [u8; 2] {
-        let hc = u16::from_be_bytes(old);
-        (!fold(u64::from(!hc) + u64::from(fold(self.0)))).to_be_bytes()
+        self.apply_native(u16::from_be_bytes(old)).to_be_bytes()
     }
 
     /// Like [`Delta::apply`], for a UDP checksum: 0 means "no checksum" and stays 0, and a
@@ -107,10 +108,11 @@ impl Delta {
     }
 }
 
-/// The one's-complement sum of a 64-bit accumulator, folded to 16 bits.
+/// The one's-complement sum of a 64-bit accumulator, folded to 16 bits. For a sum below
+/// 2^48 (a [`Delta`] holds a few dozen 32-bit terms): one 32-bit fold leaves less than 2^33,
+/// and three 16-bit folds then less than 0x30000, at most 0x10001 and at most 0xffff.
 #[inline(always)]
 fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
