@@ -3,9 +3,13 @@
 use std::{
     path::{Path, PathBuf},
     process::Output,
+    time::Duration,
 };
 
-use crate::{netlab::Netns, process::Daemon};
+use crate::{
+    netlab::{NetLab, Netns},
+    process::{Daemon, wait_for},
+};
 
 /// The `vipwire` binary of this build (`target/<profile>/vipwire`, beside the test binaries'
 /// `deps/` directory). `cargo xtask test` builds it first.
@@ -94,4 +98,47 @@ impl Drop for BpffsDir {
         // Unpinning a link detaches it; removing a map pin frees the map once unused.
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// A node namespace with `eth0` (its peer in a `client` namespace) and a manifests directory
+/// holding the ready Node `node-a`: what [`run_on_manifests`] needs, no cluster.
+pub fn manifests_node(lab: &mut NetLab) -> (Netns, PathBuf) {
+    let client = lab.netns("client");
+    let node = lab.netns("node");
+    lab.veth((&client, "eth0"), (&node, "eth0"));
+    let manifests = lab.path("manifests");
+    std::fs::create_dir(&manifests).expect("creating the manifests directory");
+    std::fs::write(manifests.join("node.yaml"), ready_node_manifest("node-a"))
+        .expect("writing the Node manifest");
+    (node, manifests)
+}
+
+/// Runs the agent in `node` as node `node-a` on `eth0`, from `manifests`, with its pins
+/// under `bpffs`; returns it once it logs "agent running", with its log so far.
+pub fn run_on_manifests(
+    node: &Netns,
+    manifests: &Path,
+    bpffs: &BpffsDir,
+    log: &Path,
+) -> (Daemon, String) {
+    let manifests = manifests.to_str().expect("UTF-8 path");
+    let args = [
+        "run",
+        "--manifests",
+        manifests,
+        "--node-name",
+        "node-a",
+        "--interface",
+        "eth0",
+        "--bpffs-dir",
+        bpffs.as_str(),
+    ];
+    let mut agent = spawn(node, &args, log);
+    let text = wait_for("the agent to run", Duration::from_secs(20), || {
+        agent.assert_running();
+        std::fs::read_to_string(agent.log_path())
+            .ok()
+            .filter(|log| log.contains("agent running"))
+    });
+    (agent, text)
 }

@@ -8,14 +8,14 @@ use vipwire_common::{
     l4::{
         BACKEND_ACTIVE, BackendValue, CT_FORWARD, CT_REVERSE, CtKey, CtKey4, CtValue,
         MAGLEV_CHUNK_SLOTS, MaglevChunk, MaglevKey, SERVICE_AFFINITY, SERVICE_SOURCE_RANGES,
-        ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter, backend_slot, is_v4_mapped,
-        v4_mapped, vip_filter_bit,
+        ServiceKey, ServiceStats, ServiceValue, SourceRange, VipFilter, XDP_META_MAGIC, XdpMeta,
+        backend_slot, is_v4_mapped, v4_mapped, vip_filter_bit,
     },
     maps,
 };
 
 use crate::{
-    bpf::XdpHarness,
+    bpf::{LO_IFINDEX, Verdict, XdpHarness},
     l4packets::{SCTP, TCP, UDP},
 };
 
@@ -243,4 +243,30 @@ pub fn fixture_tables() -> XdpHarness {
     }
     allow_source(&mut h, 7, parse_ip("198.51.100.0"), 24);
     h
+}
+
+/// A steered frame comes back with the `XdpMeta` for the TC program in front of it (BPF_PROG_RUN
+/// returns the metadata with the frame): checks it against the backends map and returns the
+/// frame.
+pub fn strip_meta<'a>(h: &mut XdpHarness, output: &'a [u8], name: &str) -> &'a [u8] {
+    let len = size_of::<XdpMeta>();
+    assert!(output.len() > len, "{name}: output too short for the meta");
+    let field = |i: usize| u32::from_ne_bytes(output[i * 4..i * 4 + 4].try_into().expect("4"));
+    assert_eq!(field(0), XDP_META_MAGIC, "{name}: XdpMeta magic");
+    let backend_id = field(1);
+    let backend = backend(h, backend_id)
+        .unwrap_or_else(|| panic!("{name}: XdpMeta backend id {backend_id} not in the map"));
+    assert_eq!(
+        (field(2), field(3)),
+        (backend.ifindex, backend.flags),
+        "{name}: the XdpMeta's device and flags are the backend's"
+    );
+    &output[len..]
+}
+
+/// Runs a frame that must be steered; the rewritten frame without its meta.
+pub fn steer(h: &mut XdpHarness, frame: &[u8]) -> Vec<u8> {
+    let out = h.run(frame, LO_IFINDEX);
+    assert_eq!(out.verdict, Verdict::Pass);
+    strip_meta(h, &out.frame, "steered").to_vec()
 }

@@ -402,6 +402,11 @@ pub fn ipv4_tcp(
     frame
 }
 
+/// Lowercase hex of `bytes`, no separators: frames compared in assertion messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

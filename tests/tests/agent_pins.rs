@@ -7,7 +7,6 @@ use std::time::Duration;
 use testkit::{
     NetLab,
     agent::{self, BpffsDir},
-    process::wait_for,
     tools,
 };
 use vipwire_common::{
@@ -18,16 +17,7 @@ use vipwire_common::{
 #[test]
 fn a_pinned_map_with_another_layout_is_replaced() {
     let mut lab = NetLab::new();
-    let client = lab.netns("client");
-    let node = lab.netns("node");
-    lab.veth((&client, "eth0"), (&node, "eth0"));
-    let manifests = lab.path("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    std::fs::write(
-        manifests.join("node.yaml"),
-        agent::ready_node_manifest("node-a"),
-    )
-    .unwrap();
+    let (node, manifests) = agent::manifests_node(&mut lab);
 
     let bpffs = BpffsDir::new("pins");
     std::fs::create_dir_all(bpffs.path()).unwrap();
@@ -43,30 +33,7 @@ fn a_pinned_map_with_another_layout_is_replaced() {
         .expect("running bpftool");
     assert!(made.status.success(), "bpftool map create: {made:?}");
 
-    let start = |log: &str| {
-        let mut agent = agent::spawn(
-            &node,
-            &[
-                "run",
-                "--manifests",
-                manifests.to_str().unwrap(),
-                "--node-name",
-                "node-a",
-                "--interface",
-                "eth0",
-                "--bpffs-dir",
-                bpffs.as_str(),
-            ],
-            &lab.path(log),
-        );
-        let text = wait_for("the agent to run", Duration::from_secs(20), || {
-            agent.assert_running();
-            std::fs::read_to_string(agent.log_path())
-                .ok()
-                .filter(|log| log.contains("agent running"))
-        });
-        (agent, text)
-    };
+    let start = |log: &str| agent::run_on_manifests(&node, &manifests, &bpffs, &lab.path(log));
     let (mut agent, log) = start("agent.log");
     assert!(
         log.lines()

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
 use testkit::{
-    NetLab, Netns,
+    NetLab,
     agent::{self, BpffsDir},
     l4packets::TCP,
     l4tables::ct_forward,
-    process::{Daemon, wait_for},
     tools,
 };
 use vipwire_common::{
@@ -22,16 +21,7 @@ use vipwire_common::{
 #[test]
 fn an_upgrade_drops_retired_pins_and_carries_ipv4_flows_over() {
     let mut lab = NetLab::new();
-    let client = lab.netns("client");
-    let node = lab.netns("node");
-    lab.veth((&client, "eth0"), (&node, "eth0"));
-    let manifests = lab.path("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    std::fs::write(
-        manifests.join("node.yaml"),
-        agent::ready_node_manifest("node-a"),
-    )
-    .unwrap();
+    let (node, manifests) = agent::manifests_node(&mut lab);
     let bpffs = BpffsDir::new("upgrade");
     std::fs::create_dir_all(bpffs.path()).unwrap();
 
@@ -67,7 +57,8 @@ fn an_upgrade_drops_retired_pins_and_carries_ipv4_flows_over() {
         ct.insert(flow6, value(78), 0).unwrap();
     }
 
-    let (mut agent, log) = start(&node, &manifests, &bpffs, &lab.path("agent.log"));
+    let (mut agent, log) =
+        agent::run_on_manifests(&node, &manifests, &bpffs, &lab.path("agent.log"));
     assert!(!retired.exists(), "the retired pin is removed; log:\n{log}");
     assert!(
         log.lines()
@@ -89,39 +80,10 @@ fn an_upgrade_drops_retired_pins_and_carries_ipv4_flows_over() {
     agent.stop(Duration::from_secs(5));
 
     // The next start finds the IPv4 map pinned: nothing to carry.
-    let (mut agent, log) = start(&node, &manifests, &bpffs, &lab.path("agent2.log"));
+    let (mut agent, log) =
+        agent::run_on_manifests(&node, &manifests, &bpffs, &lab.path("agent2.log"));
     assert!(!log.contains("carried over"), "log:\n{log}");
     agent.stop(Duration::from_secs(5));
-}
-
-fn start(
-    node: &Netns,
-    manifests: &std::path::Path,
-    bpffs: &BpffsDir,
-    log: &std::path::Path,
-) -> (Daemon, String) {
-    let mut agent = agent::spawn(
-        node,
-        &[
-            "run",
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "--node-name",
-            "node-a",
-            "--interface",
-            "eth0",
-            "--bpffs-dir",
-            bpffs.as_str(),
-        ],
-        log,
-    );
-    let text = wait_for("the agent to run", Duration::from_secs(20), || {
-        agent.assert_running();
-        std::fs::read_to_string(agent.log_path())
-            .ok()
-            .filter(|log| log.contains("agent running"))
-    });
-    (agent, text)
 }
 
 fn conntrack(path: &std::path::Path) -> HashMap<MapData, CtKey, CtValue> {
