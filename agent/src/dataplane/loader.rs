@@ -13,7 +13,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use vipwire_common::{Iface, maps, programs};
+use vipwire_common::{Iface, l4::CtKey, maps, programs};
 
 use super::{
     iface,
@@ -129,6 +129,9 @@ pub struct Dataplane {
     l4: bool,
     /// Reply links taken over or created by this process, by ifindex.
     reply_links: BTreeSet<u32>,
+    /// IPv4 flows an older build tracked in `vipwire_conntrack_v1`, copied to their own map
+    /// at load: deleted from the old one once this build's programs have taken over.
+    ipv4_flows_in_v1: Vec<CtKey>,
     /// Set by [`Dataplane::enable_l4`].
     writer: Option<L4Writer>,
     /// When the L4 writer last re-read the maps.
@@ -159,8 +162,6 @@ impl Dataplane {
             source,
         })?;
         pins::drop_incompatible(object, &paths)?;
-        upgrade::drop_retired(&paths)?;
-        let carry_ipv4_flows = upgrade::ipv4_flows_pending(&paths);
         pins::ensure_vip_filter_pin(object, &paths)?;
         // The loader writes a global's initial value into its map, a reused pin included: the
         // VIP filter starts as the pinned one holds it, or the program still attached would
@@ -182,17 +183,7 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).map_err(LoaderError::Load)?;
-        if carry_ipv4_flows {
-            match upgrade::carry_ipv4_flows(&mut ebpf) {
-                Ok(flows) => {
-                    tracing::info!(flows, "IPv4 flows carried over to their own conntrack map")
-                }
-                Err(err) => tracing::warn!(
-                    error = %crate::error_chain(&err),
-                    "IPv4 flows not carried over to their own conntrack map: they are picked again"
-                ),
-            }
-        }
+        let ipv4_flows_in_v1 = upgrade::carry_all(&mut ebpf, &paths);
         uplink_program(&mut ebpf)?
             .load()
             .map_err(|source| LoaderError::Verify {
@@ -209,6 +200,7 @@ impl Dataplane {
             attached: Vec::new(),
             l4,
             reply_links: BTreeSet::new(),
+            ipv4_flows_in_v1,
             writer: None,
             l4_read_at: std::time::Instant::now(),
             l4_stale: false,
@@ -359,7 +351,17 @@ impl Dataplane {
                 "L4 state recovered from the pinned maps"
             );
             self.writer = Some(writer);
+            // The reply programs an earlier agent left are replaced now, not at the first
+            // reconcile: after an upgrade they would look for this build's flows in the
+            // older build's maps.
+            let pinned: BTreeSet<u32> = tc::pinned_reply_links(&self.paths)
+                .into_iter()
+                .map(|(ifindex, _)| ifindex)
+                .collect();
+            tc::sync_reply(&mut self.ebpf, &self.paths, &pinned, &mut self.reply_links)?;
         }
+        let keys = std::mem::take(&mut self.ipv4_flows_in_v1);
+        upgrade::finish(&mut self.ebpf, &self.paths, &keys);
         Ok(())
     }
 

@@ -88,11 +88,6 @@ pub mod maps {
     /// `PERCPU_ARRAY[l4::SERVICE_IDS]` -> [`crate::l4::ServiceStats`]: per-service counters.
     pub const SERVICE_STATS: &str = "vipwire_service_stats_v1";
 
-    /// Contract maps earlier builds pinned that this one no longer defines (each superseded
-    /// by a later version): the agent removes their pins, which would otherwise hold their
-    /// memory for good. `vipwire_backends_v1` was a `HASH`; [`BACKENDS`] is its successor.
-    pub const RETIRED: [&str; 1] = ["vipwire_backends_v1"];
-
     /// Every contract map (not aya-log's `AYA_LOGS` ring buffer or the `.rodata` globals).
     pub const ALL: [&str; 16] = [
         L2_VIP4,

@@ -81,10 +81,7 @@ impl<'a> Maps<'a> {
 
     pub(super) fn apply(&mut self, op: &Op) -> Result<(), L4Error> {
         match op {
-            Op::PutBackend { id, value } => self
-                .backends
-                .set(backend_slot(*id), BackendValue { id: *id, ..*value }, 0)
-                .map_err(|e| map_error(maps::BACKENDS, e)),
+            Op::PutBackend { id, value } => self.put_backend(*id, value),
             Op::PutChunk {
                 service_id,
                 chunk,
@@ -130,11 +127,7 @@ impl<'a> Maps<'a> {
                 ignore_missing(self.ranges.remove(&range_key(*service_id, *range)))
                     .map_err(|e| map_error(maps::SOURCE_RANGES, e))
             }
-            // The slot is this id's: the planner never has two ids of a slot in use.
-            Op::DelBackend { id } => self
-                .backends
-                .set(backend_slot(*id), BackendValue::default(), 0)
-                .map_err(|e| map_error(maps::BACKENDS, e)),
+            Op::DelBackend { id } => self.del_backend(*id),
             Op::PutFilter { bits } => {
                 let mut value = VipFilter::EMPTY;
                 for &bit in bits {
@@ -147,6 +140,41 @@ impl<'a> Maps<'a> {
                     .map_err(|e| map_error(maps::VIP_FILTER, e))
             }
         }
+    }
+}
+
+impl Maps<'_> {
+    /// Writes backend `id` into its slot. An array value is updated in place, not swapped as
+    /// a hash entry is, and a program may read the slot while it is written: a backend new
+    /// to the slot is written first without its id (a reader takes it for an empty slot),
+    /// then with it, so that the id, read first, never stands beside a half-written address.
+    /// A change to a backend already there rewrites its delivery fields only (its address and
+    /// port are what its id stands for); a reader may then see them mixed, which only sends
+    /// that packet through the TC program's FIB lookup.
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), L4Error> {
+        let slot = backend_slot(id);
+        let error = |e| map_error(maps::BACKENDS, e);
+        if self.backends.get(&slot, 0).map_err(error)?.id != id {
+            let unnamed = BackendValue { id: 0, ..*value };
+            self.backends.set(slot, unnamed, 0).map_err(error)?;
+        }
+        self.backends
+            .set(slot, BackendValue { id, ..*value }, 0)
+            .map_err(error)
+    }
+
+    /// Clears backend `id`'s slot by its id alone (the rest as it was, for a program reading
+    /// it meanwhile), if the slot still holds it.
+    fn del_backend(&mut self, id: u32) -> Result<(), L4Error> {
+        let slot = backend_slot(id);
+        let error = |e| map_error(maps::BACKENDS, e);
+        let held = self.backends.get(&slot, 0).map_err(error)?;
+        if held.id != id {
+            return Ok(());
+        }
+        self.backends
+            .set(slot, BackendValue { id: 0, ..held }, 0)
+            .map_err(error)
     }
 }
 
@@ -167,9 +195,11 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
             .chunks
             .insert((key.service_id, key.chunk), fingerprint(&value.backend_ids));
     }
-    for value in maps.backends.iter() {
+    for (slot, value) in maps.backends.iter().enumerate() {
         let value = value.map_err(|e| map_error(maps::BACKENDS, e))?;
-        if value.id != 0 {
+        // An id in another's slot was not written by an agent: the programs never find it
+        // there, and the planner must not take its slot for that id's.
+        if value.id != 0 && backend_slot(value.id) as usize == slot {
             mirror.backends.insert(value.id, value);
         }
     }
@@ -194,10 +224,10 @@ pub(super) fn read(ebpf: &mut Ebpf) -> Result<Mirror, L4Error> {
 }
 
 /// Copies the IPv4 entries of `vipwire_conntrack_v1` into `vipwire_conntrack4_v1` of the
-/// loaded (not yet attached) object, and returns how many. Called between loading and
-/// attaching: the older program still runs on the old entries until it is replaced, and an
-/// entry the new map already has wins. The copies left behind age out of the old LRU.
-pub fn carry_ipv4_flows(ebpf: &mut Ebpf) -> Result<usize, L4Error> {
+/// loaded (not yet attached) object; returns their keys in the old map, for
+/// [`forget_ipv4_flows`] once this build's programs run, and how many were copied. An entry
+/// the new map has already (written by this build's program before) is newer and stays.
+pub fn carry_ipv4_flows(ebpf: &mut Ebpf) -> Result<(Vec<CtKey>, usize), L4Error> {
     let mut flows = Vec::new();
     walk::<CtKey, CtValue>(
         ebpf,
@@ -205,24 +235,35 @@ pub fn carry_ipv4_flows(ebpf: &mut Ebpf) -> Result<usize, L4Error> {
         CONNTRACK_MAX_ENTRIES,
         |key, value| {
             if is_v4_mapped(&key.src_be) && is_v4_mapped(&key.dst_be) {
-                flows.push((key.v4(), *value));
+                flows.push((*key, *value));
             }
         },
     )?;
-    let map = ebpf
-        .map_mut(maps::CONNTRACK4)
-        .ok_or(L4Error::MissingMap(maps::CONNTRACK4))?;
-    let mut map = HashMap::<_, CtKey4, CtValue>::try_from(map).map_err(|source| L4Error::Map {
-        name: maps::CONNTRACK4,
-        source,
-    })?;
-    // BPF_NOEXIST: an entry the new program wrote meanwhile is newer. A full map refuses the
-    // rest: those flows are picked again.
+    let mut map = conntrack_map::<CtKey4>(ebpf, maps::CONNTRACK4)?;
+    // BPF_NOEXIST: refused for an entry the new map has (an LRU evicts rather than refuse
+    // for want of room). A flow not copied is picked again.
     const NOEXIST: u64 = 1;
-    Ok(flows
-        .into_iter()
-        .filter(|(key, value)| map.insert(key, value, NOEXIST).is_ok())
-        .count())
+    let copied = flows
+        .iter()
+        .filter(|(key, value)| map.insert(key.v4(), value, NOEXIST).is_ok())
+        .count();
+    Ok((flows.into_iter().map(|(key, _)| key).collect(), copied))
+}
+
+/// Deletes the IPv4 flows [`carry_ipv4_flows`] copied from `vipwire_conntrack_v1`, once no
+/// older program looks there for them: they would only take room from IPv6 flows; returns
+/// how many were still there.
+pub fn forget_ipv4_flows(ebpf: &mut Ebpf, keys: &[CtKey]) -> Result<usize, L4Error> {
+    let mut map = conntrack_map::<CtKey>(ebpf, maps::CONNTRACK)?;
+    Ok(keys.iter().filter(|key| map.remove(key).is_ok()).count())
+}
+
+fn conntrack_map<'a, K: Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, CtValue>, L4Error> {
+    let map = ebpf.map_mut(name).ok_or(L4Error::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|e| map_error(name, e))
 }
 
 /// How many times its size a flow-map walk may step before it is cut off.

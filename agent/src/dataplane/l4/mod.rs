@@ -36,7 +36,7 @@ use std::{
 use aya::{Ebpf, maps::MapError};
 
 pub use self::{
-    kernel::carry_ipv4_flows,
+    kernel::{carry_ipv4_flows, forget_ipv4_flows},
     mirror::{MaglevInput, Mirror, Op},
     plan::Plan,
 };
