@@ -358,7 +358,12 @@ impl Dataplane {
                 .into_iter()
                 .map(|(ifindex, _)| ifindex)
                 .collect();
-            tc::sync_reply(&mut self.ebpf, &self.paths, &pinned, &mut self.reply_links)?;
+            // Not fatal: the first reconcile syncs the reply links again.
+            if let Err(err) =
+                tc::sync_reply(&mut self.ebpf, &self.paths, &pinned, &mut self.reply_links)
+            {
+                tracing::warn!(error = %crate::error_chain(&err), "reply programs not taken over at start");
+            }
         }
         let keys = std::mem::take(&mut self.ipv4_flows_in_v1);
         upgrade::finish(&mut self.ebpf, &self.paths, &keys);
