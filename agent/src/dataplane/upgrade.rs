@@ -14,7 +14,7 @@
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, Map, MapData, MapError},
+    maps::{Array, HashMap, Map, MapData},
 };
 use vipwire_common::{
     l4::{BackendValue, CtKey, backend_slot},
@@ -22,7 +22,7 @@ use vipwire_common::{
 };
 
 use super::{
-    l4::{carry_ipv4_flows, forget_ipv4_flows},
+    l4::{L4Error, carry_ipv4_flows, forget_ipv4_flows},
     paths::PinPaths,
 };
 
@@ -43,24 +43,6 @@ const _: () = assert!(size_of::<BackendValueV1>() == 28);
 // SAFETY: repr(C), integers and byte arrays, no padding (size asserted above).
 unsafe impl Pod for BackendValueV1 {}
 
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error("map {0} missing from the BPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("removing the pin {path}")]
-    Remove {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// What [`carry_backends`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CarriedBackends {
@@ -75,17 +57,17 @@ pub struct CarriedBackends {
 pub fn carry_backends(
     ebpf: &mut Ebpf,
     paths: &PinPaths,
-) -> Result<Option<CarriedBackends>, UpgradeError> {
+) -> Result<Option<CarriedBackends>, L4Error> {
     let path = paths.map(BACKENDS_V1);
     let Ok(old) = MapData::from_pin(&path) else {
         return Ok(None);
     };
-    let map_error = |name| move |source| UpgradeError::Map { name, source };
+    let map_error = |name| move |source| L4Error::Map { name, source };
     let old = HashMap::<_, u32, BackendValueV1>::try_from(Map::HashMap(old))
         .map_err(map_error(BACKENDS_V1))?;
     let new = ebpf
         .map_mut(maps::BACKENDS)
-        .ok_or(UpgradeError::MissingMap(maps::BACKENDS))?;
+        .ok_or(L4Error::MissingMap(maps::BACKENDS))?;
     let mut new = Array::<_, BackendValue>::try_from(new).map_err(map_error(maps::BACKENDS))?;
     let mut done = CarriedBackends::default();
     for entry in old.iter() {
@@ -111,15 +93,12 @@ pub fn carry_backends(
 
 /// Removes the pin of `vipwire_backends_v1`, once no older program uses it (the map is freed
 /// with its last user); whether there was one.
-pub fn drop_backends_v1(paths: &PinPaths) -> Result<bool, UpgradeError> {
+pub fn drop_backends_v1(paths: &PinPaths) -> std::io::Result<bool> {
     let path = paths.map(BACKENDS_V1);
     if !path.exists() {
         return Ok(false);
     }
-    std::fs::remove_file(&path).map_err(|source| UpgradeError::Remove {
-        path: path.display().to_string(),
-        source,
-    })?;
+    std::fs::remove_file(&path)?;
     Ok(true)
 }
 
