@@ -1,6 +1,6 @@
 //! The lab programs of the flood benchmarks (`vipwire_xdp_gen`, `vipwire_xdp_sink`,
-//! `vipwire_xdp_gen_headers`): never loaded by the agent, kept here so the benchmark runs the
-//! same build of the same code.
+//! `vipwire_xdp_gen_headers`, `vipwire_tc_lab_redirect_peer`): never loaded by the agent, kept
+//! here so the benchmark runs the same build of the same code.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -98,4 +98,16 @@ pub fn restore_flood_headers(ctx: &XdpContext) {
         words::store64::<32>(frame, word(4));
         words::store64::<40>(frame, word(5));
     }
+}
+
+/// The host-side veth whose peer `vipwire_tc_lab_redirect_peer` hands every frame to, set by
+/// the benchmark when it loads the object (`EbpfLoader::override_global`); 0 otherwise.
+#[unsafe(no_mangle)]
+static VIPWIRE_LAB_PEER_IFINDEX: u32 = 0;
+
+/// [`VIPWIRE_LAB_PEER_IFINDEX`], read so that the compiler cannot fold the zero in.
+#[inline(always)]
+pub fn peer_ifindex() -> u32 {
+    // SAFETY: a volatile read of a static.
+    unsafe { core::ptr::read_volatile(&VIPWIRE_LAB_PEER_IFINDEX) }
 }

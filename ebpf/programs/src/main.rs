@@ -25,7 +25,12 @@ mod tc_icmp;
 mod tc_reply;
 mod words;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_redirect_peer,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use vipwire_common::{Reason, selfcheck};
 
 /// What to do with a frame and why: the action is returned, the reason counted.
@@ -134,6 +139,17 @@ pub fn vipwire_xdp_sink(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// The floor of the L4 lab in `cargo xtask bench dataplane`: hands every frame to the pod
+/// behind one veth with `bpf_redirect_peer`, as `vipwire_tc_deliver` does, but with no lookup,
+/// no rewrite and no counter (the benchmark sends it frames already addressed to the pod).
+/// What a frame costs this way is what any dataplane that delivers with a TC program pays,
+/// whatever it does before. The agent never loads it.
+#[classifier]
+pub fn vipwire_tc_lab_redirect_peer(_ctx: TcContext) -> i32 {
+    // SAFETY: helper without memory arguments.
+    unsafe { bpf_redirect_peer(lab::peer_ifindex(), 0) as i32 }
 }
 
 #[inline(always)]

@@ -3,15 +3,19 @@
 //! (a) vipwire: the agent on up0/up1, the node hostile (rp_filter=1, FORWARD DROP);
 //! (b) iptables DNAT in PREROUTING (kube-proxy's iptables mode), conntrack, kernel forwarding,
 //!     rp_filter loose and FORWARD ACCEPT, as kube-proxy needs with an asymmetric return route;
-//! (c) nftables DNAT (kube-proxy's nftables mode), otherwise as (b).
+//! (c) nftables DNAT (kube-proxy's nftables mode), otherwise as (b);
+//! and (d) the floor: frames already addressed to the pod, handed to it on up0 by a TC program
+//!     that does nothing but `bpf_redirect_peer` (`vipwire_tc_lab_redirect_peer`). No
+//!     dataplane that delivers into the pod from TC can be faster here; what vipwire's arm costs
+//!     above it is its steering (parsing, lookups, DNAT, the XDP-to-TC metadata).
 //! For each: UDP packets/s delivered into the pod (a single flow, flooded from the client by
 //! the live-frame generator of [`livegen`], counted by the pod's UDP statistics) and TCP
-//! request/response latency on one connection (timed in the first round). The three arms
+//! request/response latency on one connection (timed in the first round). The arms
 //! alternate for [`ROUNDS`] rounds; each arm reports its median round. While the agent runs,
-//! up0 carries its XDP program (veth NAPI delivery); the kernel arms get the empty XDP program on up0 so both see
-//! the same veth delivery mode (a veth takes the generator's frames only with an XDP program),
-//! and nothing more (not the tests' pass-all xdp-filter, which looks every frame up in its
-//! maps).
+//! up0 carries its XDP program (veth NAPI delivery); the other arms get the empty XDP program on
+//! up0 so all see the same veth delivery mode (a veth takes the generator's frames only with an
+//! XDP program), and nothing more (not the tests' pass-all xdp-filter, which looks every frame
+//! up in its maps).
 //!
 //! The generator and the whole receive path share the sending CPU (veth NAPI runs in the
 //! sender's softirq, and so do XDP, TC, netfilter and the pod's UDP input), so each arm's rate
@@ -22,11 +26,15 @@
 //! ratio the ceiling allows, and the path cost (1/rate - 1/ceiling) per arm.
 
 use std::{
+    net::Ipv4Addr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, tc::TcAttachOptions},
+};
 use testkit::{
     bench::{Measurement, Report, Target},
     l4lab::{
@@ -46,9 +54,14 @@ const FLOOD_FOR: Duration = Duration::from_secs(5);
 const XDP_GEN_HEADERS: &str = "vipwire_xdp_gen_headers";
 const FLOOD_HEADERS_GLOBAL: &str = "VIPWIRE_LAB_FLOOD_HEADERS";
 const FLOOD_HEADER_BYTES: usize = 48;
+/// The floor's TC program (ebpf/programs/src/main.rs) and the device whose peer it delivers to.
+const TC_LAB_REDIRECT_PEER: &str = "vipwire_tc_lab_redirect_peer";
+const PEER_IFINDEX_GLOBAL: &str = "VIPWIRE_LAB_PEER_IFINDEX";
 const WARMUP: Duration = Duration::from_millis(1500);
-/// Rounds of the three arms, alternating.
-const ROUNDS: usize = 3;
+/// Rounds of the four arms, alternating. Five, because vipwire's arm varies by about ±5%
+/// from one agent start to the next (each round starts an agent, with new maps and programs),
+/// and within one agent by about ±1%, as the kernel arms do with the generator's CPU fixed.
+const ROUNDS: usize = 5;
 const WINDOW: Duration = Duration::from_millis(2500);
 /// Request/response: at most this many requests, for at most this long.
 const REQUESTS: usize = 5000;
@@ -67,6 +80,8 @@ struct Arm {
     p50_us: Option<f64>,
     p99_us: Option<f64>,
     csum_errors: u64,
+    /// The CPU the generator and the receive path ran on.
+    cpu: u32,
 }
 
 pub fn measure(report: &mut Report) {
@@ -75,29 +90,39 @@ pub fn measure(report: &mut Report) {
         tag: "b".to_owned(),
         ..Options::default()
     });
-    let frame = flood_frame(&lab);
+    let frame = flood_frame(&lab, VIP, SINK.port);
     let generator = Generator::load(&frame);
+    let to_pod = Generator::load(&flood_frame(&lab, l4lab::pod_ip(0), SINK.target));
 
     // The arms alternate for ROUNDS rounds and each reports its median round: one slow
     // stretch of the host then spoils one round of one arm, not the arm. Latency is timed in
     // the first round only.
-    let mut rounds: [Vec<Arm>; 3] = Default::default();
+    let mut rounds: [Vec<Arm>; 4] = Default::default();
     for round in 0..ROUNDS {
         let timed = round == 0;
         rounds[0].push(vipwire_arm(&mut lab, &generator, timed));
         let [iptables, nftables] = kernel_arms(&lab, &generator, timed);
         rounds[1].push(iptables);
         rounds[2].push(nftables);
+        rounds[3].push(floor_arm(&lab, &to_pod));
+        let arms = rounds.each_ref().map(|arms| &arms[round]);
         println!(
-            "l4 udp flow into the pod, round {}: vipwire {:.0}/s, iptables {:.0}/s, nftables {:.0}/s",
+            "l4 udp flow into the pod, round {}: vipwire {:.0}/s, iptables {:.0}/s, nftables {:.0}/s, \
+             floor {:.0}/s (generator on CPU {}/{}/{}/{})",
             round + 1,
-            rounds[0][round].delivered,
-            rounds[1][round].delivered,
-            rounds[2][round].delivered,
+            arms[0].delivered,
+            arms[1].delivered,
+            arms[2].delivered,
+            arms[3].delivered,
+            arms[0].cpu,
+            arms[1].cpu,
+            arms[2].cpu,
+            arms[3].cpu,
         );
     }
-    let [vipwire, iptables, nftables] = rounds.map(median_round);
+    let [vipwire, iptables, nftables, floor] = rounds.map(median_round);
     push(report, &vipwire, &iptables, &nftables);
+    push_floor(report, &vipwire, &iptables, &nftables, &floor);
 
     // The generator's ceiling: the same flood to a MAC nobody has, dropped right after the
     // veth's NAPI (and the empty XDP program) as PACKET_OTHERHOST. The generator and the receive
@@ -204,6 +229,35 @@ fn kernel_arms(lab: &L4Lab, generator: &Generator, timed: bool) -> [Arm; 2] {
     })
 }
 
+/// (d) The floor: frames already addressed to the pod, handed to it on up0 by
+/// `vipwire_tc_lab_redirect_peer` (with the empty XDP program, as in the kernel arms).
+fn floor_arm(lab: &L4Lab, to_pod: &Generator) -> Arm {
+    let _empty_xdp = attach_empty_xdp(lab, "up0");
+    let peer = lab.node.ifindex(&lab.pod(0).host_veth);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(PEER_IFINDEX_GLOBAL, &peer, true)
+        .load(vipwire::dataplane::bpf_object())
+        .expect("loading the embedded BPF object");
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TC_LAB_REDIRECT_PEER)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("{TC_LAB_REDIRECT_PEER} is in the object"));
+    program
+        .load()
+        .unwrap_or_else(|e| panic!("loading {TC_LAB_REDIRECT_PEER}: {e:?}"));
+    livegen::in_netns_scoped(&lab.node, || {
+        program
+            .attach_with_options(
+                "up0",
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .unwrap_or_else(|e| panic!("attaching {TC_LAB_REDIRECT_PEER} to up0: {e:?}"))
+    });
+    // Dropping `ebpf` detaches the program.
+    flood(lab, to_pod, "floor")
+}
+
 /// The round with the median delivery rate, with the latency of the timed round.
 fn median_round(mut rounds: Vec<Arm>) -> Arm {
     let (p50_us, p99_us) = rounds
@@ -290,6 +344,35 @@ fn push(report: &mut Report, vipwire: &Arm, iptables: &Arm, nftables: &Arm) {
     );
 }
 
+/// The floor beside the arms: the best ratio a dataplane delivering from TC can reach in this
+/// lab, and vipwire's steering cost per packet above the floor next to what the 2x target
+/// leaves for it (1 / (2 x the faster kernel arm) - 1 / floor).
+fn push_floor(report: &mut Report, vipwire: &Arm, iptables: &Arm, nftables: &Arm, floor: &Arm) {
+    for (name, base) in [("iptables", iptables), ("nftables", nftables)] {
+        report.push(
+            Measurement::new(
+                format!("l4 udp flow: the floor, bare redirect_peer into pod (vs {name})"),
+                floor.delivered,
+                "pkts/s",
+            )
+            .against(format!("{name} dnat into pod"), base.delivered),
+        );
+    }
+    let ns = |rate: f64| 1e9 / rate.max(1.0);
+    let faster_kernel = iptables.delivered.max(nftables.delivered);
+    report.push(
+        Measurement::new(
+            "l4 udp flow: vipwire steering above the floor",
+            ns(vipwire.delivered) - ns(floor.delivered),
+            "ns/pkt",
+        )
+        .against(
+            "budget at 2x the faster kernel arm",
+            ns(2.0 * faster_kernel) - ns(floor.delivered),
+        ),
+    );
+}
+
 /// One arm: the UDP flood, then (`timed`) request/response latency.
 fn arm(lab: &L4Lab, generator: &Generator, label: &str, timed: bool) -> Arm {
     let flood = flood(lab, generator, label);
@@ -318,7 +401,7 @@ fn flood(lab: &L4Lab, generator: &Generator, label: &str) -> Arm {
         frame,
         FLOOD_FOR,
         label,
-        |_| {
+        |sender| {
             std::thread::sleep(WARMUP);
             let sample = || {
                 let t = Instant::now();
@@ -338,6 +421,7 @@ fn flood(lab: &L4Lab, generator: &Generator, label: &str) -> Arm {
                 offered: offered / secs,
                 softirq_ns: (soft1 - soft0).as_nanos() as f64 / per.max(1.0),
                 csum_errors: pod1.csum_errors - pod0.csum_errors,
+                cpu: sender.cpu,
                 ..Arm::default()
             }
         },
@@ -448,11 +532,12 @@ fn agent_binary() -> PathBuf {
     binary
 }
 
-/// The flood's frame: client eth0 → node up0, CLIENT_SRC:40000 → VIP:SINK.port.
-fn flood_frame(lab: &L4Lab) -> Vec<u8> {
+/// A flood frame: client eth0 → node up0, CLIENT_SRC:40000 → `dst`:`port` (the VIP and
+/// SINK.port; the pod and SINK.target for the floor).
+fn flood_frame(lab: &L4Lab, dst: Ipv4Addr, port: u16) -> Vec<u8> {
     let builder = etherparse::PacketBuilder::ethernet2(lab.client.mac("eth0"), lab.node.mac("up0"))
-        .ipv4(CLIENT_SRC.octets(), VIP.octets(), 64)
-        .udp(40000, SINK.port);
+        .ipv4(CLIENT_SRC.octets(), dst.octets(), 64)
+        .udp(40000, port);
     let payload = [0x5a; 18];
     let mut frame = Vec::with_capacity(builder.size(payload.len()));
     builder

@@ -63,7 +63,7 @@ pub fn flood<T>(
     std::thread::scope(|scope| {
         let generator = scope.spawn(|| {
             in_netns_scoped(ns, || {
-                sender_cpu.store(u64::from(pin_to_current_cpu()), Ordering::Release);
+                sender_cpu.store(u64::from(pin_to_generator_cpu()), Ordering::Release);
                 // SAFETY: pthread_self has no preconditions.
                 sender_thread.store(unsafe { libc::pthread_self() }, Ordering::Release);
                 let deadline = Instant::now() + flood_for;
@@ -175,23 +175,31 @@ pub fn in_netns_scoped<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Pins the calling thread to the CPU it runs on and returns that CPU. The kernel runs a
-/// NAPI poll on the CPU that scheduled it, and keeps it there while it has work: with the
-/// generator pinned, the polls it schedules stay on its CPU, in its thread or in that CPU's
-/// ksoftirqd (a poll already busy on the other CPU stays there).
-fn pin_to_current_cpu() -> u32 {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    assert!(
-        cpu >= 0,
-        "sched_getcpu: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity (0: this
-    // thread) get valid pointers and sizes.
+/// Pins the calling thread to the last CPU it may run on and returns that CPU. Every flood
+/// runs there, so that the arms one run compares share a CPU: left where it started, the
+/// generator landed on either vCPU of this VM, and one ran all three arms 3-8% slower than the
+/// other in one run (vipwire's arm on the slower one twice and the kernel's on the faster
+/// one moved the ratio by as much). The kernel runs a NAPI poll on the CPU that scheduled it,
+/// and keeps it there while it has work: the polls the generator schedules stay on its CPU,
+/// in its thread or in that CPU's ksoftirqd.
+fn pin_to_generator_cpu() -> u32 {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity and sched_setaffinity
+    // (0: this thread) get valid pointers and sizes; CPU_ISSET/CPU_SET index inside the set.
     unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed);
+        assert_eq!(
+            rc,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+            .expect("a thread may run on some CPU");
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
         assert_eq!(
             rc,
@@ -199,8 +207,8 @@ fn pin_to_current_cpu() -> u32 {
             "sched_setaffinity: {}",
             std::io::Error::last_os_error()
         );
+        cpu as u32
     }
-    cpu as u32
 }
 
 /// The CPU-time clock of a running thread of this process.
